@@ -1,0 +1,55 @@
+"""Architectures: one small module each, registered by name; adding one touches no other.
+
+A module defines `ARCH = "name"` and `def config(md, tensors, where) -> ModelConfig`, where `md` is
+the GGUF metadata, `tensors` maps tensor names to their numpy-order shapes, and `where` is a
+"file: " prefix for error messages. Modules are discovered by scanning this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Callable, Mapping
+
+from qdbg.arch.config import ModelConfig
+from qdbg.errors import GGUFError, UnsupportedError
+
+ConfigFn = Callable[[Mapping[str, Any], Mapping[str, tuple[int, ...]], str], ModelConfig]
+
+_REGISTRY: dict[str, ConfigFn] = {}
+
+
+def _discover() -> None:
+    if _REGISTRY:
+        return
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "config" or info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        arch = getattr(mod, "ARCH", None)
+        if arch:
+            _REGISTRY[arch] = mod.config
+
+
+def supported() -> list[str]:
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def config_from_metadata(
+    md: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]], where: str = ""
+) -> ModelConfig:
+    """Build the ModelConfig of a GGUF file from its metadata and tensor shapes."""
+    _discover()
+    arch = md.get("general.architecture")
+    if not isinstance(arch, str):
+        raise GGUFError(f"{where}missing metadata key 'general.architecture'")
+    fn = _REGISTRY.get(arch)
+    if fn is None:
+        raise UnsupportedError(
+            f"{where}unsupported architecture '{arch}' (supported: {', '.join(supported())})"
+        )
+    return fn(md, tensors, where)
+
+
+__all__ = ["ModelConfig", "config_from_metadata", "supported"]

@@ -1,0 +1,272 @@
+"""qdbg's command line: argparse front door, one small function per command.
+
+Every QdbgError (and every OS error about a path the user gave) becomes one line on stderr and
+exit status 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from qdbg.errors import QdbgError, UsageError
+
+EXIT_USAGE = 2
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _existing_file(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{path}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{path}: is a directory, expected a file")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{path}: permission denied")
+    return p
+
+
+def open_model(path: str):
+    """Factory shared by every command (and by tests) that needs a model."""
+    from qdbg.model import Model
+
+    return Model(_existing_file(path))
+
+
+def _parse_tokens(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise UsageError(f"--tokens takes comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise UsageError("--tokens is empty")
+    return ids
+
+
+def prompt_tokens(model, args: argparse.Namespace) -> list[int]:
+    """The token ids a command runs on: --tokens as given, or --prompt through the tokenizer."""
+    if getattr(args, "tokens", None):
+        return _parse_tokens(args.tokens)
+    text = args.prompt
+    tok = model.tokenizer
+    if getattr(args, "chat", False):
+        msgs = []
+        if getattr(args, "system", None):
+            msgs.append({"role": "system", "content": args.system})
+        msgs.append({"role": "user", "content": text})
+        text = tok.render_chat(msgs, add_generation_prompt=True)
+    ids = tok.encode(text, add_bos=False if args.no_bos else None, parse_special=not args.no_special)
+    if not ids:
+        raise UsageError("the prompt tokenizes to no tokens")
+    return ids
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="text to tokenize with the model's own tokenizer")
+    g.add_argument("--tokens", help="comma-separated token ids, used exactly as given")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the file's chat template")
+    p.add_argument("--system", help="system message for --chat")
+    p.add_argument("--no-bos", action="store_true", help="do not add BOS even if the file asks for it")
+    p.add_argument("--no-special", action="store_true", help="tokenize special-token text as plain text")
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    m = open_model(args.model)
+    cfg = {k: v for k, v in asdict(m.config).items() if k != "extra"}
+    cfg["swa_layers"] = list(cfg["swa_layers"])
+    tensors = [
+        {"name": t.name, "shape": list(t.shape), "type": t.qtype.name, "bytes": t.n_bytes}
+        for t in m.tensors.values()
+    ]
+    if args.json:
+        _print_json({"path": str(m.path), "gguf_version": m.gguf.version, "architecture": m.config.arch,
+                     "name": m.name, "config": cfg, "types": m.type_summary(), "tensors": tensors})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{m.path.name}[/]  GGUF v{m.gguf.version}  {m.config.arch}  '{m.name}'  "
+              f"{_fmt_bytes(m.path.stat().st_size)}")
+    con.print(f"types: {m.type_summary()}")
+    ct = Table(show_header=False, box=None, pad_edge=False)
+    for k, v in cfg.items():
+        if k == "swa_layers" and v:
+            v = "".join("s" if s else "G" for s in v)
+        ct.add_row(k, str(v))
+    con.print(ct)
+    tt = Table("tensor", "shape", "type", "bytes", box=None, pad_edge=False)
+    for t in tensors:
+        tt.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"], _fmt_bytes(t["bytes"]))
+    con.print(tt)
+    return 0
+
+
+def cmd_logits(args: argparse.Namespace) -> int:
+    from qdbg.engine.forward import Engine
+
+    m = open_model(args.model)
+    ids = prompt_tokens(m, args)
+    if len(ids) > m.config.n_ctx_train:
+        raise UsageError(f"the prompt has {len(ids)} tokens, more than the context ({m.config.n_ctx_train})")
+    logits = Engine(m, args.mode).logits(ids)
+    k = max(1, min(args.top_k, logits.shape[1]))
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    if args.save_logits:
+        from qdbg.util import atomic_write
+
+        def _save(f):
+            np.save(f, logits.astype(np.float32))
+
+        atomic_write(Path(args.save_logits), _save)
+    if args.json:
+        _print_json({
+            "tokens": ids,
+            "top_k": [[{"id": int(i), "logit": float(logits[p, i])} for i in top[p]] for p in range(len(ids))],
+        })
+        return 0
+    pieces = _pieces(m)
+    for p, tid in enumerate(ids):
+        row = "  ".join(f"{int(i)}{pieces(int(i))}={logits[p, i]:.3f}" for i in top[p])
+        print(f"{p:4d} {tid:7d}{pieces(tid)}  ->  {row}")
+    return 0
+
+
+def _pieces(m) -> Callable[[int], str]:
+    try:
+        tok = m.tokenizer
+    except QdbgError:
+        return lambda i: ""
+    return lambda i: f" {tok.piece(i)!r}"
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from qdbg import synth
+
+    spec = synth.default_spec(args.arch)
+    over = {}
+    for field in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "n_vocab", "seed"):
+        v = getattr(args, field)
+        if v is not None:
+            over[field] = v
+    if over:
+        from dataclasses import replace
+
+        spec = replace(spec, **over)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{args.out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    files = synth.write_family(spec, out, args.types.split(","), prefix=args.prefix or args.arch)
+    for ftype, path in files.items():
+        print(f"{ftype:7s} {path}  {_fmt_bytes(path.stat().st_size)}")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    m = open_model(args.model)
+    args.prompt, args.tokens = args.text, None
+    ids = prompt_tokens(m, args)
+    pieces = m.tokenizer.pieces(ids)
+    if args.json:
+        _print_json({"ids": ids, "pieces": pieces})
+        return 0
+    for i, (t, pc) in enumerate(zip(ids, pieces)):
+        print(f"{i:5d} {t:8d}  {pc!r}")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="qdbg", description="Step-through debugger for quantized LLMs (GGUF).")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="architecture, configuration and tensor table of a GGUF file")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("logits", help="run one model and print the top-k logits per position")
+    p.add_argument("model")
+    _add_prompt_args(p)
+    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--save-logits", metavar="FILE.npy", help="save float32 [n_tokens, n_vocab] logits")
+    p.set_defaults(fn=cmd_logits)
+
+    p = sub.add_parser("tokenize", help="tokenize text exactly as llama.cpp does")
+    p.add_argument("model")
+    p.add_argument("text")
+    p.add_argument("--chat", action="store_true")
+    p.add_argument("--system")
+    p.add_argument("--no-bos", action="store_true")
+    p.add_argument("--no-special", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_tokenize)
+
+    p = sub.add_parser("synth", help="write a family of small synthetic GGUF models")
+    p.add_argument("--arch", default="llama", choices=("llama", "qwen2", "qwen3", "gemma3"))
+    p.add_argument("--types", default="F32,F16,Q8_0,Q4_K_M,Q5_K_M",
+                   help="comma-separated file types (F32 F16 Q8_0 Q6_K Q5_K Q4_K Q5_0 Q4_0 Q4_K_M Q5_K_M)")
+    p.add_argument("--out", default=".", help="output directory")
+    p.add_argument("--prefix", help="file name prefix (default: the architecture)")
+    for field in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "n_vocab", "seed"):
+        p.add_argument(f"--{field.replace('_', '-')}", dest=field, type=int)
+    p.set_defaults(fn=cmd_synth)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "fn", None):
+        ap.print_help()
+        return EXIT_USAGE
+    try:
+        return args.fn(args)
+    except QdbgError as e:
+        if args.debug:
+            raise
+        print(f"qdbg: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, MemoryError) as e:
+        if args.debug:
+            raise
+        print(f"qdbg: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("qdbg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The engine: a generator that runs one decoder forward pass and yields after every sub-op.
+
+One function covers the four architectures; the ModelConfig flags switch the parts that differ
+(Q/K/V biases, Q/K norms, post-norms, GEGLU, embedding scale, sliding windows). The op list is
+llama.cpp's graph (src/models/llama.cpp, gemma3.cpp; build_norm/build_ffn/build_attn_mha in
+llama-graph.cpp), and the names are its callback names.
+
+Overrides: `overrides[name]` is either an array that replaces op `name`'s output, or a callable
+`f(result) -> array | None` that may replace it (it sees the step, the positions and the
+computed value). `weight_overrides[tensor]` replaces a weight (another model's, for patching).
+The KV cache is only committed when a pass runs to its end, so an abandoned pass leaves the
+engine as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+
+import numpy as np
+
+from qdbg.engine import ops
+from qdbg.engine.matmul import MODES, attn_scores, attn_values, matmul
+from qdbg.engine.result import OpResult
+from qdbg.engine.weights import Weight
+from qdbg.errors import QdbgError, UsageError
+
+Override = Union[np.ndarray, Callable[[OpResult], "np.ndarray | None"]]
+
+TOK_CH = ("token", "channel")
+TOK_HEAD = ("token", "head", "dim")
+SCORES = ("head", "token", "kv")
+
+
+class Engine:
+    """Runs one model; `forward(tokens)` appends tokens after what it has already seen."""
+
+    def __init__(
+        self,
+        model: Any,
+        mode: str = "ggml",
+        overrides: Mapping[str, Override] | None = None,
+        weight_overrides: Mapping[str, Weight] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise UsageError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+        self.model = model
+        self.cfg = model.config
+        self.mode = mode
+        self.overrides: dict[str, Override] = dict(overrides or {})
+        self.weight_overrides: dict[str, Weight] = dict(weight_overrides or {})
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every token seen: empty KV cache, position 0."""
+        self.k_cache: list[np.ndarray] = []
+        self.v_cache: list[np.ndarray] = []
+        self.tokens: list[int] = []
+        self.n_steps = 0
+
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
+    def weight(self, name: str) -> Weight:
+        w = self.weight_overrides.get(name)
+        return w if w is not None else self.model.weight(name)
+
+    def forward(self, tokens: Sequence[int]) -> Iterator[OpResult]:
+        """Process `tokens` as one batch at the next positions; yield every sub-op's result.
+
+        The last result is `result_output`, the logits [n_tok, n_vocab].
+        """
+        cfg = self.cfg
+        ids = np.asarray(list(tokens), dtype=np.int64)
+        if ids.ndim != 1 or ids.size == 0:
+            raise UsageError("forward needs at least one token")
+        if ids.min() < 0 or ids.max() >= cfg.n_vocab:
+            bad = int(ids[(ids < 0) | (ids >= cfg.n_vocab)][0])
+            raise UsageError(f"token id {bad} is outside the vocabulary (0..{cfg.n_vocab - 1})")
+        n_tok, n_past, mode = ids.size, self.n_past, self.mode
+        pos = np.arange(n_past, n_past + n_tok, dtype=np.int64)
+        kv_pos = np.arange(0, n_past + n_tok, dtype=np.int64)
+        step = self.n_steps
+        new_k: list[np.ndarray] = []
+        new_v: list[np.ndarray] = []
+        env: dict[str, np.ndarray] = {}
+
+        def emit(name: str, kind: str, layer: int | None, value: np.ndarray, axes: tuple[str, ...],
+                 inputs: tuple[str, ...] = (), weight: str | None = None,
+                 ggml: tuple[str | None, str | None] = (None, None)) -> OpResult:
+            w = self.weight(weight) if weight else None
+            res = OpResult(
+                name=name, kind=kind, layer=layer, value=value, axes=axes, inputs=inputs,
+                weight=weight, weight_type=w.qtype.name if w is not None else None,
+                ggml_name=ggml[0], ggml_op=ggml[1], step=step, positions=tuple(int(p) for p in pos),
+            )
+            ov = self.overrides.get(name)
+            if ov is not None:
+                rep = ov(res) if callable(ov) else ov
+                if rep is not None:
+                    rep = np.asarray(rep, dtype=np.float32)
+                    if rep.shape != value.shape:
+                        raise QdbgError(
+                            f"override for '{name}' has shape {rep.shape}, expected {value.shape}"
+                        )
+                    res.computed, res.value = value, rep
+            env[name] = res.value
+            return res
+
+        def mm(x: np.ndarray, tensor: str) -> np.ndarray:
+            return matmul(x, self.weight(tensor), mode)
+
+        def vec(tensor: str) -> np.ndarray:
+            return self.weight(tensor).values
+
+        # --- embeddings ------------------------------------------------------------------
+        emb = self.weight("token_embd.weight")
+        yield emit("inp_embd", "embed", None, ops.get_rows(emb.values, ids), TOK_CH,
+                   weight="token_embd.weight", ggml=("inp_embd", "GET_ROWS"))
+        cur = "inp_embd"
+        if cfg.embd_scale:
+            yield emit("inp_scaled", "scale", None,
+                       ops.scale(env[cur], ops.f32(cfg.embd_scale)), TOK_CH, (cur,),
+                       ggml=("inp_scaled", "SCALE"))
+            cur = "inp_scaled"
+
+        hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+        for il in range(cfg.n_layer):
+            b = f"blk.{il}."
+            L = lambda s: f"{s}-{il}"  # noqa: E731 - llama.cpp's "name-layer"
+            inp = cur
+            yield emit(L("attn_norm"), "norm", il,
+                       ops.rms_norm(env[inp], vec(b + "attn_norm.weight"), cfg.rms_eps),
+                       TOK_CH, (inp,), b + "attn_norm.weight", (L("attn_norm"), "MUL"))
+            x = L("attn_norm")
+            for p in ("q", "k", "v"):
+                nm = L(f"{p.upper()}cur")
+                y = mm(env[x], b + f"attn_{p}.weight")
+                op = "MUL_MAT"
+                if cfg.qkv_bias:
+                    y = ops.add(y, vec(b + f"attn_{p}.bias"))
+                    op = "ADD"
+                yield emit(nm, "matmul", il, y, TOK_CH, (x,), b + f"attn_{p}.weight", (nm, op))
+            heads = {"Q": nh, "K": nkv}
+            roped = {}
+            for p in ("Q", "K"):
+                src = L(f"{p}cur")
+                h = env[src].reshape(n_tok, heads[p], hd)  # [n_tok, n_head*hd] -> [n_tok, n_head, hd]
+                if cfg.qk_norm:
+                    wn = b + f"attn_{p.lower()}_norm.weight"
+                    yield emit(L(f"{p}cur_normed"), "norm", il, ops.rms_norm(h, vec(wn), cfg.rms_eps),
+                               TOK_HEAD, (src,), wn, (L(f"{p}cur_normed"), "MUL"))
+                    src = L(f"{p}cur_normed")
+                    h = env[src]
+                base, fscale = cfg.rope_params(il)
+                cos, sin = ops.rope_cache(pos, cfg.n_rot, base, fscale)
+                yield emit(L(f"{p}cur_rope"), "rope", il,
+                           ops.rope(h, cos, sin, cfg.n_rot, cfg.rope_type == "neox"),
+                           TOK_HEAD, (src,), ggml=(L(f"{p}cur"), "ROPE"))
+                roped[p] = L(f"{p}cur_rope")
+            # the KV cache holds K after RoPE and V; llama.cpp's cache is F16
+            k_new = env[roped["K"]]
+            v_new = env[L("Vcur")].reshape(n_tok, nkv, hd)
+            if mode == "ggml":
+                k_new, v_new = ops.to_f16(k_new), ops.to_f16(v_new)
+            k_all = np.concatenate([self.k_cache[il], k_new]) if il < len(self.k_cache) else k_new
+            v_all = np.concatenate([self.v_cache[il], v_new]) if il < len(self.v_cache) else v_new
+            new_k.append(k_all)
+            new_v.append(v_all)
+            q = env[roped["Q"]]
+            if cfg.q_scale != 1.0:
+                q = ops.scale(q, ops.f32(cfg.q_scale))
+            yield emit(L("kq"), "scores", il, attn_scores(q, k_all, mode), SCORES,
+                       (roped["Q"], roped["K"]), ggml=(L("kq"), "MUL_MAT"))
+            mask = ops.causal_mask(pos, kv_pos, cfg.n_swa if cfg.is_swa(il) else 0)
+            yield emit(L("kq_soft_max"), "softmax", il,
+                       ops.softmax_ext(env[L("kq")], mask, cfg.softmax_scale), SCORES,
+                       (L("kq"),), ggml=(L("kq_soft_max"), "SOFT_MAX"))
+            yield emit(L("kqv_out"), "attn", il, attn_values(env[L("kq_soft_max")], v_all, mode),
+                       TOK_CH, (L("kq_soft_max"), L("Vcur")), ggml=(L("kqv_out"), "CONT"))
+            wo = b + "attn_output.weight"
+            yield emit(L("attn_out"), "matmul", il, mm(env[L("kqv_out")], wo), TOK_CH,
+                       (L("kqv_out"),), wo,
+                       (None if cfg.post_norms else L("attn_out"), "MUL_MAT"))
+            att = L("attn_out")
+            if cfg.post_norms:
+                wn = b + "post_attention_norm.weight"
+                yield emit(L("attn_post_norm"), "norm", il,
+                           ops.rms_norm(env[att], vec(wn), cfg.rms_eps), TOK_CH, (att,), wn,
+                           (L("attn_post_norm"), "MUL"))
+                att = L("attn_post_norm")
+            res_name = L("sa_out") if cfg.post_norms else L("ffn_inp")
+            yield emit(res_name, "residual", il, ops.add(env[att], env[inp]), TOK_CH, (att, inp),
+                       ggml=(res_name, "ADD"))
+            wn = b + "ffn_norm.weight"
+            yield emit(L("ffn_norm"), "norm", il, ops.rms_norm(env[res_name], vec(wn), cfg.rms_eps),
+                       TOK_CH, (res_name,), wn, (L("ffn_norm"), "MUL"))
+            x = L("ffn_norm")
+            for p in ("up", "gate"):
+                wt = b + f"ffn_{p}.weight"
+                yield emit(L(f"ffn_{p}"), "matmul", il, mm(env[x], wt), TOK_CH, (x,), wt,
+                           (L(f"ffn_{p}"), "MUL_MAT"))
+            if cfg.ffn_act == "gelu":
+                act, val = L("ffn_geglu"), ops.geglu(env[L("ffn_gate")], env[L("ffn_up")], mode == "f32")
+            else:
+                act, val = L("ffn_swiglu"), ops.swiglu(env[L("ffn_gate")], env[L("ffn_up")])
+            yield emit(act, "act", il, val, TOK_CH, (L("ffn_gate"), L("ffn_up")), ggml=(act, "GLU"))
+            wd = b + "ffn_down.weight"
+            yield emit(L("ffn_out"), "matmul", il, mm(env[act], wd), TOK_CH, (act,), wd,
+                       (L("ffn_out"), "MUL_MAT"))
+            ffo = L("ffn_out")
+            if cfg.post_norms:
+                wn = b + "post_ffw_norm.weight"
+                yield emit(L("ffn_post_norm"), "norm", il,
+                           ops.rms_norm(env[ffo], vec(wn), cfg.rms_eps), TOK_CH, (ffo,), wn,
+                           (L("ffn_post_norm"), "MUL"))
+                ffo = L("ffn_post_norm")
+            yield emit(L("l_out"), "residual", il, ops.add(env[ffo], env[res_name]), TOK_CH,
+                       (ffo, res_name), ggml=(L("l_out"), "ADD"))
+            cur = L("l_out")
+            # free what later ops no longer read
+            for k in [k for k in env if k.endswith(f"-{il}") and k != cur]:
+                del env[k]
+
+        yield emit("result_norm", "norm", None,
+                   ops.rms_norm(env[cur], vec("output_norm.weight"), cfg.rms_eps), TOK_CH,
+                   (cur,), "output_norm.weight", ("result_norm", "MUL"))
+        out_w = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
+        logits = mm(env["result_norm"], out_w)
+        if cfg.final_logit_softcap:
+            logits = ops.softcap(logits, cfg.final_logit_softcap)
+        final = emit("result_output", "logits", None, logits, ("token", "vocab"), ("result_norm",),
+                     out_w, ("result_output", "MUL_MAT"))
+        # commit the pass before handing out its last result
+        self.k_cache, self.v_cache = new_k, new_v
+        self.tokens.extend(int(t) for t in ids)
+        self.n_steps += 1
+        yield final
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Run straight through; the logits [n_tok, n_vocab] of `tokens` after what came before."""
+        res = None
+        for res in self.forward(tokens):
+            pass
+        assert res is not None
+        return res.value

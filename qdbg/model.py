@@ -1,0 +1,152 @@
+"""Model: one GGUF file opened for the engine — its configuration and lazily dequantized weights.
+
+Opening reads only the header and tensor index (qdbg.gguf_file). A weight is dequantized the first
+time the engine asks for it and kept in a cache with a byte budget; the least recently used
+weights are dropped first, so models too big to hold dequantized still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qdbg.arch import ModelConfig, config_from_metadata
+from qdbg.engine.weights import Weight
+from qdbg.errors import GGUFError, QdbgError
+
+DEFAULT_CACHE_BYTES = int(os.environ.get("QDBG_CACHE_BYTES", 4 << 30))
+
+
+class WeightCache:
+    """Least-recently-used cache of dequantized weights, bounded in bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._items: OrderedDict[str, Weight] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, name: str) -> Weight | None:
+        w = self._items.get(name)
+        if w is not None:
+            self._items.move_to_end(name)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return w
+
+    def put(self, w: Weight) -> None:
+        if w.name in self._items:
+            self.used -= self._items.pop(w.name).nbytes
+        self._items[w.name] = w
+        self.used += w.nbytes
+        # keep at least the newest item even if it alone exceeds the budget
+        while self.used > self.budget and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.used -= old.nbytes
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Model:
+    """A GGUF model: `config`, `tensors` (the index) and `weight(name)` (dequantized on demand)."""
+
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        from qdbg.gguf_file import GGUFFile
+
+        self.path = Path(path)
+        self.gguf = GGUFFile(self.path)
+        where = f"{self.path.name}: "
+        self.config: ModelConfig = config_from_metadata(
+            self.gguf.metadata, {n: t.shape for n, t in self.gguf.tensors.items()}, where
+        )
+        self.cache = WeightCache(cache_bytes)
+        self._tokenizer: Any = None
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def metadata(self):
+        return self.gguf.metadata
+
+    @property
+    def tensors(self):
+        return self.gguf.tensors
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("general.name") or self.path.stem)
+
+    def qtype(self, name: str):
+        return self._info(name).qtype
+
+    def tensor_types(self) -> dict[str, str]:
+        return {n: t.qtype.name for n, t in self.tensors.items()}
+
+    def type_summary(self) -> str:
+        """The file's quant mix, most common first, e.g. 'Q4_K x96, Q6_K x13, F32 x61'."""
+        counts: dict[str, int] = {}
+        for t in self.tensors.values():
+            counts[t.qtype.name] = counts.get(t.qtype.name, 0) + 1
+        return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    # -- weights --------------------------------------------------------------------------
+    def _info(self, name: str):
+        info = self.tensors.get(name)
+        if info is None:
+            raise GGUFError(f"{self.path.name}: no tensor '{name}'")
+        return info
+
+    def weight(self, name: str) -> Weight:
+        """The dequantized weight `name` (float32, numpy order), from the cache when possible."""
+        w = self.cache.get(name)
+        if w is not None:
+            return w
+        from qdbg.quant import dequantize
+
+        info = self._info(name)
+        raw = self.gguf.raw(name)
+        try:
+            values = dequantize(raw, info.qtype, info.shape)
+        except QdbgError:
+            raise
+        except Exception as e:  # a kernel choking on bytes we validated is still our error
+            raise GGUFError(f"{self.path.name}: cannot dequantize '{name}' ({info.qtype.name}): {e}") from e
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
+        values.flags.writeable = False
+        w = Weight(name=name, qtype=info.qtype, values=values, raw=raw)
+        self.cache.put(w)
+        return w
+
+    # -- tokenizer ------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from qdbg.tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_gguf(self.metadata)
+        return self._tokenizer
+
+    def close(self) -> None:
+        self.gguf.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
