@@ -68,6 +68,16 @@ def test_encode_matches_llama_cpp(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", VOCABS)
+def test_special_ids_match_llama_cpp(name: str) -> None:
+    sp, tok = golden(name)["special"], tokenizer(name)
+    none = -1  # LLAMA_TOKEN_NULL
+    assert (tok.bos_id if tok.bos_id is not None else none, tok.eos_id if tok.eos_id is not None else none) == \
+        (sp["bos"], sp["eos"])
+    assert (tok.add_bos, tok.add_eos) == (sp["add_bos"], sp["add_eos"])
+    assert sorted(tok.eog_ids) == sp["eog"]
+
+
+@pytest.mark.parametrize("name", VOCABS)
 def test_pieces_match_llama_cpp(name: str) -> None:
     g, tok = golden(name), tokenizer(name)
     bad = [f"id {i} {tok.token_text(int(i))!r}: {tok.piece_bytes(int(i), True)!r} / {tok.piece_bytes(int(i), False)!r}"

@@ -410,8 +410,12 @@ def record_vocab(name: str, path: Path, all_pieces: bool) -> dict:
         else:  # every id the corpus produced, the first 300, and every 97th
             piece_ids = sorted(used | set(range(300)) | set(range(0, lv.n_vocab, 97)))
         pieces = {str(i): [lv.piece(i, True).hex(), lv.piece(i, False).hex()] for i in piece_ids}
-        return {"vocab": f"{name}.gguf", "n_vocab": lv.n_vocab, "settings": SETTINGS, "cases": cases,
-                "pieces": pieces}
+        L, v = lv.L, lv.vocab
+        special = {"bos": L.llama_vocab_bos(v), "eos": L.llama_vocab_eos(v), "add_bos": L.llama_vocab_get_add_bos(v),
+                   "add_eos": L.llama_vocab_get_add_eos(v),
+                   "eog": [i for i in range(lv.n_vocab) if L.llama_vocab_is_eog(v, i)]}
+        return {"vocab": f"{name}.gguf", "n_vocab": lv.n_vocab, "special": special, "settings": SETTINGS,
+                "cases": cases, "pieces": pieces}
     finally:
         lv.close()
 
