@@ -7,7 +7,7 @@ llama-graph.cpp), and the names are its callback names.
 
 Overrides: `overrides[name]` is either an array that replaces op `name`'s output, or a callable
 `f(result) -> array | None` that may replace it (it sees the step, the positions and the
-computed value). `weight_overrides[tensor]` replaces a weight (another model's, for patching).
+computed value); `overrides` may also be one such callable, asked about every op. `weight_overrides[tensor]` replaces a weight (another model's, for patching).
 The KV cache is only committed when a pass runs to its end, so an abandoned pass leaves the
 engine as it was.
 """
@@ -38,7 +38,7 @@ class Engine:
         self,
         model: Any,
         mode: str = "ggml",
-        overrides: Mapping[str, Override] | None = None,
+        overrides: Mapping[str, Override] | Callable[[OpResult], "np.ndarray | None"] | None = None,
         weight_overrides: Mapping[str, Weight] | None = None,
     ) -> None:
         if mode not in MODES:
@@ -46,7 +46,9 @@ class Engine:
         self.model = model
         self.cfg = model.config
         self.mode = mode
-        self.overrides: dict[str, Override] = dict(overrides or {})
+        # a mapping applies per op name; a bare callable is asked about every op
+        self.hook = overrides if callable(overrides) else None
+        self.overrides: dict[str, Override] = {} if callable(overrides) else dict(overrides or {})
         self.weight_overrides: dict[str, Weight] = dict(weight_overrides or {})
         self.reset()
 
@@ -94,7 +96,7 @@ class Engine:
                 weight=weight, weight_type=w.qtype.name if w is not None else None,
                 ggml_name=ggml[0], ggml_op=ggml[1], step=step, positions=tuple(int(p) for p in pos),
             )
-            ov = self.overrides.get(name)
+            ov = self.overrides.get(name, self.hook)
             if ov is not None:
                 rep = ov(res) if callable(ov) else ov
                 if rep is not None:
@@ -116,7 +118,7 @@ class Engine:
         # --- embeddings ------------------------------------------------------------------
         emb = self.weight("token_embd.weight")
         yield emit("inp_embd", "embed", None, ops.get_rows(emb.values, ids), TOK_CH,
-                   weight="token_embd.weight", ggml=("inp_embd", "GET_ROWS"))
+                   weight="token_embd.weight", ggml=("embd", "GET_ROWS"))
         cur = "inp_embd"
         if cfg.embd_scale:
             yield emit("inp_scaled", "scale", None,
@@ -181,7 +183,7 @@ class Engine:
             wo = b + "attn_output.weight"
             yield emit(L("attn_out"), "matmul", il, mm(env[L("kqv_out")], wo), TOK_CH,
                        (L("kqv_out"),), wo,
-                       (None if cfg.post_norms else L("attn_out"), "MUL_MAT"))
+                       (L("attn_out") if cfg.arch == "llama" else None, "MUL_MAT"))
             att = L("attn_out")
             if cfg.post_norms:
                 wn = b + "post_attention_norm.weight"
@@ -196,7 +198,7 @@ class Engine:
             yield emit(L("ffn_norm"), "norm", il, ops.rms_norm(env[res_name], vec(wn), cfg.rms_eps),
                        TOK_CH, (res_name,), wn, (L("ffn_norm"), "MUL"))
             x = L("ffn_norm")
-            for p in ("up", "gate"):
+            for p in ("gate", "up"):  # graph order: swiglu(gate, up) visits gate first
                 wt = b + f"ffn_{p}.weight"
                 yield emit(L(f"ffn_{p}"), "matmul", il, mm(env[x], wt), TOK_CH, (x,), wt,
                            (L(f"ffn_{p}"), "MUL_MAT"))

@@ -1,0 +1,31 @@
+"""Shared fixtures: small synthetic models built once per test session."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # for `goldens`
+
+from qdbg.synth import SynthCache, SynthSpec, write_gguf  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synth_model(tmp_path_factory):
+    """`synth_model(arch, ftype, **spec)` -> path of a small synthetic GGUF (built once)."""
+    out = tmp_path_factory.mktemp("synth")
+    caches: dict[SynthSpec, SynthCache] = {}
+    built: dict[tuple, Path] = {}
+
+    def make(arch: str = "llama", ftype: str = "Q4_K_M", **kw) -> Path:
+        key = (arch, ftype, tuple(sorted(kw.items())))
+        if key not in built:
+            spec = SynthSpec(arch=arch, **kw)
+            cache = caches.setdefault(spec, SynthCache(spec))
+            name = "-".join([arch, ftype] + [f"{k}{v}" for k, v in sorted(kw.items())])
+            built[key] = write_gguf(spec, out / f"{name}.gguf", ftype, cache=cache)
+        return built[key]
+
+    return make
