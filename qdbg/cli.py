@@ -18,6 +18,7 @@ import numpy as np
 from qdbg.errors import QdbgError, UsageError
 
 EXIT_USAGE = 2
+SYNTH_FIELDS = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_vocab", "sliding_window", "seed")
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -167,21 +168,13 @@ def _pieces(m) -> Callable[[int], str]:
 def cmd_synth(args: argparse.Namespace) -> int:
     from qdbg import synth
 
-    spec = synth.default_spec(args.arch)
-    over = {}
-    for field in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "n_vocab", "seed"):
-        v = getattr(args, field)
-        if v is not None:
-            over[field] = v
-    if over:
-        from dataclasses import replace
-
-        spec = replace(spec, **over)
+    over = {f: getattr(args, f) for f in SYNTH_FIELDS if getattr(args, f) is not None}
+    spec = synth.SynthSpec(arch=args.arch, **over)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{args.out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    files = synth.write_family(spec, out, args.types.split(","), prefix=args.prefix or args.arch)
+    files = synth.write_family(spec, out, [t.strip() for t in args.types.split(",") if t.strip()])
     for ftype, path in files.items():
         print(f"{ftype:7s} {path}  {_fmt_bytes(path.stat().st_size)}")
     return 0
@@ -197,6 +190,61 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         return 0
     for i, (t, pc) in enumerate(zip(ids, pieces)):
         print(f"{i:5d} {t:8d}  {pc!r}")
+    return 0
+
+
+def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
+    from qdbg.model import Model
+    from qdbg.session import Session
+
+    models = {lab: Model(_existing_file(p)) for lab, p in paths.items()}
+    ids = prompt_tokens(models["A"], args)
+    try:
+        pieces = models["A"].tokenizer.piece
+    except QdbgError:
+        pieces = None
+    s = Session(models, ids, mode=args.mode, pieces=pieces)
+    for expr in args.breaks or []:
+        s.breakpoints.add(expr)
+    return s, {lab: m.path.name for lab, m in models.items()}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qdbg.cli_run import print_results, run_session
+
+    paths = {"A": args.a, "B": args.b}
+    if args.ref:
+        paths["R"] = args.ref
+    s, names = _session_from_args(args, paths)
+    stops = run_session(s, gen=args.gen, driver=args.driver)
+    if args.trace:
+        from qdbg.trace import save_trace
+
+        save_trace(s, Path(args.trace))
+    print_results(s, stops, args.json, names)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from qdbg.cli_run import print_results, run_session
+    from qdbg.demo import demo_pair, demo_prompt
+
+    files = demo_pair(progress=lambda m: print(m, file=sys.stderr))
+    args.prompt = args.prompt or demo_prompt()
+    args.tokens, args.chat, args.no_bos, args.no_special = None, False, False, False
+    args.mode = "ggml"
+    s, names = _session_from_args(args, {"A": str(files["Q4_K_M"]), "B": str(files["Q5_K_M"])})
+    stops = run_session(s)
+    print_results(s, stops, args.json, names)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from qdbg.requant import requantize
+
+    src = _existing_file(args.src)
+    out = requantize(src, args.dst, args.ftype)
+    print(f"{out}  {_fmt_bytes(out.stat().st_size)}")
     return 0
 
 
@@ -232,13 +280,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_tokenize)
 
+    p = sub.add_parser("run", help="run two models in lockstep to the end, stopping at breakpoints")
+    p.add_argument("a", metavar="A.gguf")
+    p.add_argument("b", metavar="B.gguf")
+    _add_prompt_args(p)
+    p.add_argument("--ref", metavar="R.gguf", help="a higher-precision reference (F16, Q8_0)")
+    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
+    p.add_argument("--break", dest="breaks", action="append", metavar="EXPR",
+                   help="breakpoint condition, e.g. 'rel_rms > 0.01' (repeatable)")
+    p.add_argument("--gen", type=int, default=0, metavar="N", help="decode N more tokens after the prompt")
+    p.add_argument("--driver", choices=("a", "b"), default="a", help="whose argmax picks decoded tokens")
+    p.add_argument("--trace", metavar="FILE", help="save the session as a trace")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="the built-in Q4_K_M vs Q5_K_M pair, no download needed")
+    p.add_argument("--prompt", help="another prompt for the demo model")
+    p.add_argument("--break", dest="breaks", action="append", metavar="EXPR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("quantize", help="requantize a GGUF file with qdbg's llama.cpp-exact quantizers")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("ftype", help="F16 Q8_0 Q6_K Q5_K Q4_K Q5_0 Q4_0 Q4_K_M Q5_K_M Q4_K_S Q5_K_S")
+    p.set_defaults(fn=cmd_quantize)
+
     p = sub.add_parser("synth", help="write a family of small synthetic GGUF models")
     p.add_argument("--arch", default="llama", choices=("llama", "qwen2", "qwen3", "gemma3"))
     p.add_argument("--types", default="F32,F16,Q8_0,Q4_K_M,Q5_K_M",
                    help="comma-separated file types (F32 F16 Q8_0 Q6_K Q5_K Q4_K Q5_0 Q4_0 Q4_K_M Q5_K_M)")
     p.add_argument("--out", default=".", help="output directory")
-    p.add_argument("--prefix", help="file name prefix (default: the architecture)")
-    for field in ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "n_vocab", "seed"):
+    for field in SYNTH_FIELDS:
         p.add_argument(f"--{field.replace('_', '-')}", dest=field, type=int)
     p.set_defaults(fn=cmd_synth)
     return ap

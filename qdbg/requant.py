@@ -1,0 +1,78 @@
+"""Requantize a GGUF file to another file type with qdbg's own (llama.cpp bit-exact) quantizers.
+
+The per-tensor types come from qdbg.quant.mixes (llama.cpp's llama_tensor_get_type, no imatrix),
+the metadata is copied with general.file_type updated, and the file is written atomically. This is
+what `qdbg demo` uses to make its Q4_K_M / Q5_K_M pair, and `qdbg quantize` exposes it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFValueType, GGUFWriter
+
+from qdbg.errors import QdbgError
+from qdbg.gguf_file import GGUFFile
+
+_SKIP_KEYS = {"general.file_type", "general.quantization_version", "general.alignment"}
+
+
+def _copy_metadata(src: GGUFFile, w: GGUFWriter) -> None:
+    for key, val in src.metadata.items():
+        if key in _SKIP_KEYS or key == "general.architecture":
+            continue
+        vt = src.metadata_types[key]
+        if vt == GGUFValueType.ARRAY:
+            sub = src.metadata_array_types[key]
+            if sub == GGUFValueType.STRING:
+                val = [val.get_bytes(i) for i in range(len(val))]
+                w.add_array(key, val)
+            else:
+                w.add_key_value(key, list(np.asarray(val).tolist()), vt, sub_type=sub)
+        else:
+            w.add_key_value(key, val, vt)
+
+
+def requantize(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftype: str) -> Path:
+    """Write `src_path` as `ftype` (e.g. "Q4_K_M") at `dst_path`; returns the path."""
+    from qdbg.arch import config_from_metadata
+    from qdbg.quant import dequantize, quantize
+    from qdbg.quant.mixes import ftype_info, tensor_types
+
+    info = ftype_info(ftype)
+    dst = Path(dst_path)
+    with GGUFFile(src_path) as src:
+        shapes = {n: t.shape for n, t in src.tensors.items()}
+        cfg = config_from_metadata(src.metadata, shapes, f"{Path(src_path).name}: ")
+        types = tensor_types(shapes, ftype, cfg.n_layer, n_head=cfg.n_head, n_head_kv=cfg.n_head_kv,
+                             arch=cfg.arch)
+        w = GGUFWriter(None, cfg.arch)
+        _copy_metadata(src, w)
+        w.add_file_type(info.llama_ftype)
+        w.add_quantization_version(2)
+        for name, t in src.tensors.items():
+            f32 = dequantize(src.raw(name), t.qtype, t.shape).astype(np.float32).reshape(t.shape)
+            qt = types[name]
+            if f32.ndim == 1 or qt.name == "F32":
+                w.add_tensor(name, f32)
+            else:
+                w.add_tensor(name, quantize(f32, qt), raw_dtype=qt)
+        tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            w.write_header_to_file(tmp)
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            os.replace(tmp, dst)
+        except OSError as e:
+            w.close()
+            tmp.unlink(missing_ok=True)
+            raise QdbgError(f"{dst}: cannot write ({e.strerror or e})") from e
+        except BaseException:
+            w.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    return dst
