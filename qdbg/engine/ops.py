@@ -37,11 +37,13 @@ def scale(x: np.ndarray, s: np.float32) -> np.ndarray:
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """ggml_rms_norm followed by ggml_mul with the norm weight, over the last axis.
 
-    ggml: sum = Σ (double)(x*x); mean = sum/n; scale = 1.0f/sqrtf((float)(mean + eps)); y = x*scale*w
+    ggml: double sum = Σ (double)(x*x); float mean = sum/n; float scale = 1.0f/sqrtf(mean + eps);
+    y = x*scale, then y*w. `mean` is a float before eps is added: doing that sum in double moves
+    the scale by an ulp, and an ulp is enough to flip 8-bit activation codes downstream.
     """
     sq = (x * x).astype(np.float64)
-    mean = sq.sum(axis=-1, keepdims=True) / x.shape[-1]
-    s = F32(1.0) / np.sqrt((mean + np.float64(F32(eps))).astype(F32))
+    mean = (sq.sum(axis=-1, keepdims=True) / x.shape[-1]).astype(F32)
+    s = F32(1.0) / np.sqrt(mean + F32(eps))
     return ((x * s) * weight).astype(F32, copy=False)
 
 
