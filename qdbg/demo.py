@@ -31,9 +31,20 @@ def source_model() -> Path:
         found = sorted(p for p in data.iterdir() if p.name.endswith(".gguf"))
     except (FileNotFoundError, NotADirectoryError):
         found = []
-    if not found:
-        raise QdbgError("the demo model is missing from qdbg/data (reinstall qdbg)")
-    return Path(str(found[0]))
+    if found:
+        return Path(str(found[0]))
+    return _synthetic_fallback()
+
+
+def _synthetic_fallback() -> Path:
+    """Without a shipped model, a seeded synthetic llama (F32) written once to the cache."""
+    from qdbg.synth import SynthSpec, write_gguf
+
+    p = cache_dir() / "synth-llama-F32.gguf"
+    if not p.exists():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_gguf(SynthSpec(arch="llama", n_layer=4), p, "F32")
+    return p
 
 
 def demo_pair(progress=print) -> dict[str, Path]:
