@@ -40,6 +40,8 @@ PROMPT_SEED = 1234
 N_CTX = 64
 N_THREADS = 1
 FORMAT_VERSION = 1
+# gemma3: a 4-token window so the 10 recorded positions exercise the sliding-window mask
+SPEC_OVERRIDES = {"gemma3": {"sliding_window": 4}}
 
 
 def gguf_digest(path: Path) -> dict[str, Any]:
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     total = 0
     for arch in args.arch:
-        spec = SynthSpec(arch=arch)
+        spec = SynthSpec(arch=arch, **SPEC_OVERRIDES.get(arch, {}))
         with tempfile.TemporaryDirectory(prefix="qdbg-golden-") as tmp:
             f32 = write_gguf(spec, Path(tmp) / f"{arch}-F32.gguf", "F32")
             for ftype in args.ftype:
