@@ -91,7 +91,8 @@ def _by_key(nodes: list[dict[str, Any]], key: str) -> dict[str, Any]:
 def record_one(spec: SynthSpec, ftype: str, f32_path: Path, work: Path) -> dict[str, Any]:
     """Quantize with llama.cpp, record, and write OUT_DIR/<arch>-<ftype>.npz; returns a summary."""
     qpath = work / f"{spec.arch}-{ftype}.gguf"
-    oracle.quantize(str(f32_path), str(qpath), ftype)
+    # llama.cpp's legacy ftypes are mixes (output.weight gets Q6_K); qdbg.synth calls them MOSTLY_*
+    oracle.quantize(str(f32_path), str(qpath), ftype.removeprefix("MOSTLY_"))
     prompt = make_prompt(qpath)
     rec = oracle.record(str(qpath), prompt, n_decode=N_DECODE, n_ctx=N_CTX, n_threads=N_THREADS)
     arrays: dict[str, np.ndarray] = {"logits": rec["logits"].astype(np.float32)}
