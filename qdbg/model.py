@@ -128,6 +128,9 @@ class Model:
         except Exception as e:  # a kernel choking on bytes we validated is still our error
             raise GGUFError(f"{self.path.name}: cannot dequantize '{name}' ({info.qtype.name}): {e}") from e
         values = np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
+        if values.ndim == 2:
+            # matrices are only ever used in float64 products: keep the (exact) float64 copy
+            values = values.astype(np.float64)
         values.flags.writeable = False
         w = Weight(name=name, qtype=info.qtype, values=values, raw=raw)
         self.cache.put(w)

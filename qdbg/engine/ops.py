@@ -26,7 +26,7 @@ def to_f16(x: np.ndarray) -> np.ndarray:
 
 def get_rows(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """inp_embd: rows of the (dequantized) embedding table. [n_vocab, n_embd] -> [n_tok, n_embd]"""
-    return np.ascontiguousarray(table[ids], dtype=F32)
+    return np.ascontiguousarray(table[ids], dtype=F32)  # exact from a float64 copy too
 
 
 def scale(x: np.ndarray, s: np.float32) -> np.ndarray:

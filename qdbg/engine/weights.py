@@ -10,7 +10,11 @@ from gguf import GGMLQuantizationType as QT
 
 @dataclass(eq=False)
 class Weight:
-    """One GGUF weight: `values` is the float32 dequantization in numpy order ([n_out, n_in])."""
+    """One GGUF weight in numpy order ([n_out, n_in]).
+
+    `values` is the dequantization: float32 for vectors; for matrices it may be held as float64
+    (an exact copy of the float32 values), since every matrix product accumulates in float64.
+    """
 
     name: str
     qtype: QT
