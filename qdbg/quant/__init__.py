@@ -113,6 +113,7 @@ def dequantize(raw: np.ndarray, qtype: QT, shape: tuple[int, ...]) -> np.ndarray
     traits.init_grid()
     out = np.empty((nrows, shape[-1]), np.float32)
     step = max(1, _CHUNK_BYTES // max(nbytes, 1))
-    for i in range(0, nrows, step):
-        out[i:i + step] = traits.dequantize_rows(rows[i:i + step])
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/nan scales give inf/nan, as in ggml
+        for i in range(0, nrows, step):
+            out[i:i + step] = traits.dequantize_rows(rows[i:i + step])
     return out.reshape(shape)
