@@ -204,6 +204,7 @@ def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
     except QdbgError:
         pieces = None
     s = Session(models, ids, mode=args.mode, pieces=pieces)
+    s.prompt_text = getattr(args, "prompt", None)
     for expr in args.breaks or []:
         s.breakpoints.add(expr)
     return s, {lab: m.path.name for lab, m in models.items()}
@@ -218,10 +219,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     s, names = _session_from_args(args, paths)
     stops = run_session(s, gen=args.gen, driver=args.driver)
     if args.trace:
-        from qdbg.trace import save_trace
+        from qdbg.trace import parse_size, save_trace
 
-        save_trace(s, Path(args.trace))
+        save_trace(s, Path(args.trace), tensor_budget_bytes=parse_size(args.trace_budget),
+                   prompt_text=args.prompt)
     print_results(s, stops, args.json, names)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qdbg.report import render_report, write_report
+    from qdbg.trace import load_trace
+
+    trace = load_trace(_existing_file(args.trace))
+    if args.output:
+        write_report(trace, Path(args.output))
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(render_report(trace))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a trace without its models: headless (--headless) or in the TUI."""
+    from qdbg.trace import open_replay
+
+    r = open_replay(_existing_file(args.trace))
+    for expr in args.breaks or []:
+        r.breakpoints.add(expr)
+    if args.headless or args.json:
+        from qdbg.cli_run import print_results, run_session
+
+        r.restart()
+        stops = run_session(r)
+        print_results(r, stops, args.json, {lab: m.path.name for lab, m in r.models.items()})
+        return 0
+    return _run_tui(r, title=f"replay of {Path(args.trace).name}", trace_path=args.trace)
+
+
+def _run_tui(session, **kw) -> int:
+    try:
+        from qdbg.tui.app import make_app
+    except ImportError as e:  # the TUI ships with the package; this only guards a broken install
+        raise UsageError(f"the TUI is not available ({e}); use the headless commands") from None
+    make_app(session, **kw).run()
     return 0
 
 
@@ -291,8 +332,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen", type=int, default=0, metavar="N", help="decode N more tokens after the prompt")
     p.add_argument("--driver", choices=("a", "b"), default="a", help="whose argmax picks decoded tokens")
     p.add_argument("--trace", metavar="FILE", help="save the session as a trace")
+    p.add_argument("--trace-budget", default="64M", metavar="SIZE",
+                   help="bytes of full tensors a trace may hold (e.g. 64M, 1G; default 64M)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("report", help="write the Markdown study of a saved trace")
+    p.add_argument("trace")
+    p.add_argument("-o", "--output", metavar="FILE.md", help="write here instead of stdout")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("replay", help="step through a saved trace without the model files")
+    p.add_argument("trace")
+    p.add_argument("--break", dest="breaks", action="append", metavar="EXPR")
+    p.add_argument("--headless", action="store_true", help="run to the end and print, no TUI")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_replay)
 
     p = sub.add_parser("demo", help="the built-in Q4_K_M vs Q5_K_M pair, no download needed")
     p.add_argument("--prompt", help="another prompt for the demo model")

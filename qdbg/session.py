@@ -119,6 +119,7 @@ class Session:
         if len(tokens) > n_ctx:
             raise UsageError(f"the prompt has {len(tokens)} tokens, more than the context ({n_ctx})")
         self.models = models
+        self.prompt_text: str | None = None
         self.labels = [lab for lab in ("A", "B", "R") if lab in models]
         self.prompt = [int(t) for t in tokens]
         self.mode = mode
@@ -375,4 +376,6 @@ def open_session(paths: dict[str, str], tokens: Sequence[int] | None = None, *, 
         pieces = models["A"].tokenizer.piece
     except QdbgError:
         pieces = None
-    return Session(models, tokens, mode=mode, pieces=pieces, **kw)
+    s = Session(models, tokens, mode=mode, pieces=pieces, **kw)
+    s.prompt_text = prompt
+    return s

@@ -70,3 +70,19 @@ def test_bad_input_is_one_line_exit_2(capsys, synth_model, tmp_path, argv, needl
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("qdbg: error:") and needle in err, err
     assert "Traceback" not in err
+
+
+def test_run_trace_report_replay(capsys, synth_model, tmp_path):
+    a, b = str(synth_model("llama", "Q4_K_M")), str(synth_model("llama", "Q5_K_M"))
+    trace, md = tmp_path / "s.qdbg", tmp_path / "r.md"
+    rc, out, _ = run(capsys, "run", a, b, "--prompt", "the cat", "--break", "rel_rms > 0.1", "--gen", "1",
+                     "--trace", str(trace), "--json")
+    live = json.loads(out)
+    assert rc == 0 and trace.exists()
+    rc, _, _ = run(capsys, "report", str(trace), "-o", str(md))
+    text = md.read_text()
+    assert rc == 0 and "## Configuration" in text and "## Findings" in text and "the cat" in text
+    rc, out, _ = run(capsys, "replay", str(trace), "--break", "rel_rms > 0.1", "--json")
+    replayed = json.loads(out)
+    assert rc == 0 and [s["op"] for s in replayed["stops"]] == [s["op"] for s in live["stops"]]
+    assert replayed["final"]["kl_ab"] == live["final"]["kl_ab"]
