@@ -319,7 +319,8 @@ def logits_compare(la: Any, lb: Any, k: int = 10, pieces: Pieces = None) -> dict
             ids = _topk(r, kk)
             top = [{"id": int(i), "piece": _piece(pieces, int(i)), "logit": float(x[i]),
                     "prob": None if lp is None else float(np.exp(lp[i]))} for i in ids[:k]]
-            margin = float(r[ids[0]] - r[ids[1]]) if kk >= 2 else None
+            with np.errstate(invalid="ignore"):  # -inf - -inf on fully masked rows is nan, not an error
+                margin = float(r[ids[0]] - r[ids[1]]) if kk >= 2 else None
             ent = None
             if lp is not None:
                 with np.errstate(invalid="ignore"):

@@ -49,10 +49,11 @@ def quantize_activation(x: np.ndarray, qtype: QT) -> np.ndarray:
 def matmul(x: np.ndarray, w: Weight, mode: str) -> np.ndarray:
     """y = x @ W^T: [n_tok, n_in] x [n_out, n_in] -> [n_tok, n_out] float32."""
     w64 = w.values if w.values.dtype == np.float64 else w.values.astype(np.float64)
-    if mode == "f32":
-        return (x.astype(np.float64) @ w64.T).astype(np.float32)
-    xq = quantize_activation(x, w.qtype)
-    y = xq.astype(np.float64) @ w64.T
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/nan propagate as in ggml
+        if mode == "f32":
+            return (x.astype(np.float64) @ w64.T).astype(np.float32)
+        xq = quantize_activation(x, w.qtype)
+        y = xq.astype(np.float64) @ w64.T
     if w.qtype in (QT.Q4_1, QT.Q5_1):
         from qdbg.quant.activations import q8_1_sums
 
