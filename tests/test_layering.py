@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-CORE = ["qdbg.gguf_file", "qdbg.arch", "qdbg.model", "qdbg.quant", "qdbg.engine.forward",
+CORE = ["qdbg.gguf_file", "qdbg.arch", "qdbg.model", "qdbg.quant", "qdbg.engine.forward", "qdbg.expr",
+        "qdbg.trace", "qdbg.replay", "qdbg.report",
         "qdbg.tokenizer", "qdbg.metrics", "qdbg.breakpoints", "qdbg.session", "qdbg.synth",
         "qdbg.requant", "qdbg.demo"]
 
