@@ -8,14 +8,13 @@ what `qdbg demo` uses to make its Q4_K_M / Q5_K_M pair, and `qdbg quantize` expo
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 
-from qdbg.errors import QdbgError
 from qdbg.gguf_file import GGUFFile
+from qdbg.util import write_gguf_atomic
 
 _SKIP_KEYS = {"general.file_type", "general.quantization_version", "general.alignment"}
 
@@ -60,19 +59,5 @@ def requantize(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftype: 
                 w.add_tensor(name, f32)
             else:
                 w.add_tensor(name, quantize(f32, qt), raw_dtype=qt)
-        tmp = dst.parent / f".{dst.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            w.write_header_to_file(tmp)
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-            w.close()
-            os.replace(tmp, dst)
-        except OSError as e:
-            w.close()
-            tmp.unlink(missing_ok=True)
-            raise QdbgError(f"{dst}: cannot write ({e.strerror or e})") from e
-        except BaseException:
-            w.close()
-            tmp.unlink(missing_ok=True)
-            raise
+        write_gguf_atomic(w, dst)
     return dst

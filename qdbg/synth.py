@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import secrets
 import string
 import zlib
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterable, Mapping
 import numpy as np
 from gguf import GGMLQuantizationType as Q, GGUFWriter, TokenType
 
+from qdbg.util import write_gguf_atomic
 from qdbg.errors import QdbgError, UnsupportedError
 from qdbg.quant.mixes import ftype_info, tensor_types
 
@@ -393,21 +393,7 @@ def write_gguf(spec: SynthSpec, path: str | os.PathLike, ftype: str, *, cache: S
         qtype = types[name]
         data = cache.get(name, qtype)
         w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        w.write_header_to_file(tmp)
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, path)
-    except BaseException as e:
-        w.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise QdbgError(f"{path}: cannot write synthetic GGUF: {e.strerror or e}") from e
-        raise
-    return path
+    return write_gguf_atomic(w, path)
 
 
 def write_family(spec: SynthSpec, out_dir: str | os.PathLike, ftypes: Iterable[str]) -> dict[str, Path]:
