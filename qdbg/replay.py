@@ -11,7 +11,7 @@ import numpy as np
 
 from qdbg.breakpoints import BreakpointList
 from qdbg.errors import UsageError
-from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session
+from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session, parse_scope
 from qdbg.trace import load_trace
 from qdbg.trace_schema import ModelInfo, Trace
 
@@ -120,11 +120,7 @@ class ReplaySession(Session):
 
     def set_scope(self, scope: str | int) -> None:
         """Change the scope; UsageError unless it is the recorded one or the saved tensors cover it."""
-        if scope not in (SCOPE_LAST, SCOPE_ALL):
-            try:
-                scope = int(scope)
-            except (TypeError, ValueError):
-                raise UsageError(f"scope must be 'last', 'all' or a position, got {scope!r}") from None
+        scope = parse_scope(scope)
         if scope != self.trace.scope:
             for r in self.trace.records:
                 want, sp = self._wanted(r, scope), self.saved_positions(r)

@@ -63,6 +63,19 @@ class Stop:
     breakpoints: list[Breakpoint] = field(default_factory=list)
 
 
+def parse_scope(scope: str | int) -> str | int:
+    """'last', 'all', or a token position >= 0 (as int or text); UsageError otherwise."""
+    if scope in (SCOPE_LAST, SCOPE_ALL):
+        return scope
+    try:
+        pos = int(scope)
+    except (TypeError, ValueError):
+        raise UsageError(f"scope must be 'last', 'all' or a position, got {scope!r}") from None
+    if pos < 0:
+        raise UsageError(f"scope position must be >= 0, got {pos}")
+    return pos
+
+
 def check_match(models: dict[str, Any]) -> None:
     """Raise ModelMismatchError naming the first difference between the models' shapes/vocab."""
     labels = list(models)
@@ -156,14 +169,7 @@ class Session:
 
     def set_scope(self, scope: str | int) -> None:
         """'last' (default), 'all', or an absolute token position; recomputes the metrics."""
-        if scope not in (SCOPE_LAST, SCOPE_ALL):
-            try:
-                scope = int(scope)
-            except (TypeError, ValueError):
-                raise UsageError(f"scope must be 'last', 'all' or a position, got {scope!r}") from None
-            if scope < 0:
-                raise UsageError(f"scope position must be >= 0, got {scope}")
-        self._scope = scope
+        self._scope = parse_scope(scope)
         for rec in getattr(self, "history", []):
             self._measure(rec)
 
