@@ -217,7 +217,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.ref:
         paths["R"] = args.ref
     s, names = _session_from_args(args, paths)
-    stops = run_session(s, gen=args.gen, driver=args.driver)
+    forced = None
+    if args.driver == "text":
+        if args.text is None:
+            raise UsageError("--driver text needs --text")
+        forced = s.models["A"].tokenizer.encode(args.text, add_bos=False)
+        args.gen = args.gen or len(forced)
+    stops = run_session(s, gen=args.gen, driver=args.driver, text_tokens=forced)
     if args.trace:
         from qdbg.trace import parse_size, save_trace
 
@@ -330,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--break", dest="breaks", action="append", metavar="EXPR",
                    help="breakpoint condition, e.g. 'rel_rms > 0.01' (repeatable)")
     p.add_argument("--gen", type=int, default=0, metavar="N", help="decode N more tokens after the prompt")
-    p.add_argument("--driver", choices=("a", "b"), default="a", help="whose argmax picks decoded tokens")
+    p.add_argument("--driver", choices=("a", "b", "text"), default="a",
+                   help="what picks decoded tokens: A's argmax, B's argmax, or --text")
+    p.add_argument("--text", metavar="TEXT", help="with --driver text: the continuation to feed")
     p.add_argument("--trace", metavar="FILE", help="save the session as a trace")
     p.add_argument("--trace-budget", default="64M", metavar="SIZE",
                    help="bytes of full tensors a trace may hold (e.g. 64M, 1G; default 64M)")

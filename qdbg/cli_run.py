@@ -50,10 +50,10 @@ def final_json(s: Session) -> dict[str, Any]:
     }
 
 
-def run_session(s: Session, gen: int = 0, driver: str = "a") -> list[Stop]:
+def run_session(s: Session, gen: int = 0, driver: str = "a", text_tokens=None) -> list[Stop]:
     """Continue to every breakpoint and through `gen` decoded tokens; the stops, in order."""
     if gen:
-        s.decode(gen, driver)
+        s.decode(gen, driver, text_tokens)
     stops = []
     while True:
         st = s.cont()

@@ -86,3 +86,15 @@ def test_run_trace_report_replay(capsys, synth_model, tmp_path):
     replayed = json.loads(out)
     assert rc == 0 and [s["op"] for s in replayed["stops"]] == [s["op"] for s in live["stops"]]
     assert replayed["final"]["kl_ab"] == live["final"]["kl_ab"]
+
+
+def test_run_forced_text_driver(capsys, synth_model):
+    a, b = str(synth_model("llama", "Q4_K_M")), str(synth_model("llama", "Q5_K_M"))
+    rc, out, _ = run(capsys, "run", a, b, "--prompt", "the", "--driver", "text", "--text", " cat sat", "--json")
+    doc = json.loads(out)
+    from qdbg.model import Model
+
+    forced = Model(a).tokenizer.encode(" cat sat", add_bos=False)
+    assert rc == 0 and doc["tokens"][-len(forced):] == forced
+    rc, _, err = run(capsys, "run", a, b, "--prompt", "the", "--driver", "text")
+    assert rc == 2 and "--text" in err
