@@ -1,0 +1,148 @@
+"""DiffPane: one op's pairwise metrics (A vs B), its most divergent elements with their token and
+coordinates, and |a-b| profiled over channels and over tokens as sparklines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from qdbg import metrics
+from qdbg.errors import QdbgError
+from qdbg.tui.fmt import NONFINITE, finite, fit_num, heat_color, lines, num, pct, piece_of, piece_text, row, spark
+
+N_TOP = 5
+EMPTY = "no op yet — press s to step"
+
+
+def abs_position(session: Any, rec: Any, i: int) -> int | None:
+    """The token position of index `i` along the token axis of a record's scoped values."""
+    scope = session.scope
+    if scope == "all":
+        return rec.positions[i] if 0 <= i < len(rec.positions) else None
+    if scope == "last":
+        return rec.positions[-1] if rec.positions else None
+    return int(scope)
+
+
+def scoped_values(session: Any, rec: Any) -> tuple[Any, Any] | None:
+    """(A, B) values restricted to the session's scope, or None when they are not available."""
+    if "A" not in rec.values or "B" not in rec.values:
+        return None
+    a, b = session._scope_slice(rec, rec.values["A"]), session._scope_slice(rec, rec.values["B"])
+    return None if a is None or b is None else (a, b)
+
+
+def metrics_lines(pair: dict, width: int) -> list[Text]:
+    """The pairwise metrics in two name/value column pairs."""
+    rel, amp = pair.get("rel_rms"), pair.get("amp")
+    half = (width - 2) // 2
+    widths = [10, half - 11, 10, width - half - 12]
+    amp_t = Text(f"{num(amp, '.3g')}×" if amp is not None else "—",
+                 style="bold red" if finite(amp) and amp > 1.5 else "")
+    cells = [
+        ("rel_rms", Text(pct(rel, 2), style=f"bold {heat_color(rel)}"), "sqnr", f"{num(pair.get('sqnr'), '.1f')} dB"),
+        ("cos", num(pair.get("cos"), ".5f"), "amp", amp_t),
+        ("max_abs", num(pair.get("max_abs")), "mean_abs", num(pair.get("mean_abs"))),
+        ("max_rel", num(pair.get("max_rel"), ".3g"), "sign flips", num(pair.get("sign_flips"))),
+    ]
+    return [row([Text(n1, style="bold"), v1, Text(n2, style="bold"), v2], widths, "lrlr", gap=1)
+            for n1, v1, n2, v2 in cells]
+
+
+def nonfinite_text(pair: dict) -> Text | None:
+    """A loud line when NaN/Inf pairs were skipped, with the first one's place and values."""
+    if not pair.get("n_nonfinite"):
+        return None
+    f = pair.get("first_nonfinite") or {}
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(f" {pair['n_nonfinite']}/{pair.get('n')} NaN/Inf ", style=NONFINITE)
+    t.append(f" first {f.get('at')}: A {num(f.get('a'))} B {num(f.get('b'))}")
+    return t
+
+
+def top_lines(session: Any, rec: Any, pair: dict, width: int) -> list[Text]:
+    """The most divergent elements: token (position and piece), other coordinates, A, B, |a-b|."""
+    num_w = max(7, (width - 8 - 7 - 4) // 3)
+    widths, aligns = [8, 7, num_w, num_w, num_w], "llrrr"
+    out = [row(["tok", "where", "A", "B", "|Δ|"], widths, aligns, style="bold")]
+    for e in (pair.get("top") or [])[:N_TOP]:
+        at = dict(e.get("at") or {})
+        tok = ""
+        if "token" in at:
+            pos = abs_position(session, rec, at.pop("token"))
+            if pos is not None and pos < len(session.tokens):
+                tok = f"{pos} {piece_text(piece_of(session, session.tokens[pos]), 5)}"
+        where = " ".join(f"ch{v}" if k == "channel" else f"{k[:2]}{v}" for k, v in at.items())
+        vals = (fit_num(e.get(k), num_w) for k in ("a", "b", "abs_diff"))
+        out.append(row([tok, where, *vals], widths, aligns))
+    return out
+
+
+def profiles(session: Any, rec: Any, width: int) -> Text:
+    """|a-b| over the last axis (channels) in scope, and over the token axis of the saved values."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    vals = scoped_values(session, rec)
+    if vals is None or not rec.axes:
+        t.append("no tensors for a distribution view", style="dim")
+        return t
+    try:
+        ch = metrics.diff_profile(vals[0], vals[1], axis=len(rec.axes) - 1, reduce="max")
+        t.append(f"max |Δ| per {rec.axes[-1]} ({ch.size}), peak at {int(np.nanargmax(ch)) if np.isfinite(ch).any() else '—'}\n",
+                 style="bold")
+        t.append_text(spark(ch, width))
+        if "token" in rec.axes and len(rec.positions) > 1:
+            full = metrics.diff_profile(rec.values["A"], rec.values["B"], axis=rec.axes.index("token"))
+            t.append(f"\nmean |Δ| per token ({full.size})\n", style="bold")
+            t.append_text(spark(full, width))
+    except QdbgError as e:
+        t.append(str(e), style="red")
+    return t
+
+
+class DiffPane(VerticalScroll, can_focus=False):
+    """Set `session` once, then `record` to show its A~B metrics."""
+
+    DEFAULT_CSS = """
+    DiffPane > Static { width: 1fr; }
+    """
+
+    record: reactive[Any] = reactive(None, always_update=True)
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.session: Any = None
+
+    def compose(self):
+        yield Static(EMPTY, id="diff-body")
+
+    def on_resize(self) -> None:
+        self.record = self.record
+
+    def watch_record(self, rec: Any) -> None:
+        body = self.query_one("#diff-body", Static)
+        if rec is None or self.session is None:
+            body.update(Text(EMPTY, style="dim"))
+            return
+        pair = rec.pair
+        if not pair:
+            body.update(Text("no A~B values in this scope", style="yellow"))
+            return
+        width = self.content_size.width or 40
+        parts = metrics_lines(pair, width)
+        bad = nonfinite_text(pair)
+        if bad is not None:
+            parts.append(bad)
+        for key in ("A~R", "B~R"):
+            if key in rec.pairs:
+                r = rec.pairs[key].get("rel_rms")
+                parts.append(Text.assemble((f"{key} rel_rms ", "bold"), (pct(r, 2), heat_color(r))))
+        parts.append(Text("most divergent", style="bold underline"))
+        parts += top_lines(self.session, rec, pair, width)
+        parts.append(profiles(self.session, rec, width))
+        body.update(lines(parts))

@@ -1,0 +1,93 @@
+"""SessionHeader: the models and their quant mixes, the position line (mode, scope, op i of n,
+layer, token, pass), and a state line saying what the last verb did."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widget import Widget
+
+from qdbg.tui.fmt import piece_of, piece_text
+
+HINT = "s step · l next layer · c continue · e run to end · t/a breakpoints · / go to · ? help"
+STATE_STYLES = {"breakpoint": "bold white on red", "running": "bold black on yellow",
+                "interrupted": "bold black on dark_orange", "error": "bold white on red",
+                "end": "bold white on dark_green", "loading": "bold black on yellow"}
+
+
+def position_text(session: Any, rec: Any) -> str:
+    """'op 3 of 37' (or 'of 3+' while the pass is still being computed)."""
+    n = len(session.history)
+    if rec is None:
+        return f"op 0 of {n}" + ("" if pass_complete(session) else "+")
+    return f"op {rec.index + 1} of {n}" + ("" if pass_complete(session) else "+")
+
+
+def pass_complete(session: Any) -> bool:
+    h = session.history
+    return bool(h) and h[-1].name == "result_output" and not session.pending
+
+
+def token_text(session: Any, rec: Any) -> str:
+    """The token position(s) the metrics cover at this op, with the token's piece."""
+    scope = session.scope
+    if rec is None or not rec.positions:
+        return "token —"
+    if scope == "all":
+        return f"tokens {rec.positions[0]}–{rec.positions[-1]}" if len(rec.positions) > 1 else \
+            f"token {rec.positions[0]}"
+    pos = rec.positions[-1] if scope == "last" else scope
+    if pos not in rec.positions:
+        return f"token {pos} (not in this pass)"
+    tid = session.tokens[pos] if pos < len(session.tokens) else None
+    return f"token {pos} {piece_text(piece_of(session, tid)) if tid is not None else ''}".rstrip()
+
+
+class SessionHeader(Widget):
+    """Three lines: which models are compared, where the cursor is, what just happened."""
+
+    DEFAULT_CSS = """
+    SessionHeader {
+        height: 3;
+        padding: 0 1;
+        background: $panel;
+        color: $text;
+    }
+    """
+
+    cursor: reactive[int] = reactive(-1, always_update=True)
+    state: reactive[str] = reactive("")
+    state_kind: reactive[str] = reactive("")
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.session: Any = None
+
+    def render(self) -> Text:
+        s = self.session
+        out = Text(no_wrap=True, overflow="ellipsis")
+        out.append("qdbg ", style="bold")
+        if s is None:
+            out.append(" loading…\n\n")
+        else:
+            for lab in s.labels:
+                m = s.models[lab]
+                out.append(f" {lab} ", style="bold reverse")
+                out.append(f" {m.path.name} ", style="bold")
+                out.append(f"[{m.type_summary()}]  ", style="dim")
+            out.append("\n")
+            rec = s.current
+            layer = "—" if rec is None or rec.layer is None else str(rec.layer)
+            parts = [f"mode {s.mode}", f"scope {s.scope}", position_text(s, rec),
+                     f"layer {layer}", token_text(s, rec), f"pass {rec.step if rec else 0}"]
+            if rec is not None:
+                parts.insert(3, rec.name)
+            out.append(" │ ".join(parts))
+            out.append("\n")
+        if self.state:
+            out.append(f" {self.state} ", style=STATE_STYLES.get(self.state_kind, "reverse"))
+        else:
+            out.append(HINT, style="dim")
+        return out

@@ -1,0 +1,61 @@
+"""HelpScreen: the key map (as currently bound) and the breakpoint condition language."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from qdbg.expr import ALIASES, VARIABLES
+
+
+def keys_table(rows: list[tuple[str, str, str]]) -> Table:
+    t = Table(title="keys", box=None, pad_edge=False, title_justify="left", title_style="bold")
+    t.add_column("key", style="bold cyan", no_wrap=True)
+    t.add_column("action")
+    t.add_column("id", style="dim")
+    for key, desc, bid in rows:
+        t.add_row(key, desc, bid)
+    return t
+
+
+def variables_table() -> Table:
+    t = Table(title="breakpoint conditions  (e.g.  rel_rms > 0.05 and layer >= 3,  op ~ \"ffn_*\",  flip)",
+              box=None, pad_edge=False, title_justify="left", title_style="bold")
+    t.add_column("name", style="bold green", no_wrap=True)
+    t.add_column("type", style="dim")
+    t.add_column("meaning")
+    for name, (typ, meaning) in VARIABLES.items():
+        t.add_row(name, typ, meaning)
+    t.add_row(", ".join(f"{a}={b}" for a, b in ALIASES.items()), "alias", "")
+    return t
+
+
+class HelpScreen(ModalScreen[None]):
+    """Keys and condition language; any of Esc, q, ? closes it."""
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 100; height: 90%; padding: 0 1;
+        border: thick $accent; background: $surface;
+    }
+    """
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close", id="help.close")]
+
+    def __init__(self, keys: list[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as box:
+            box.border_title = "qdbg help"
+            yield Static(keys_table(self.keys))
+            yield Static(Text(""))
+            yield Static(variables_table())
+            yield Static(Text("\nOps are colored by rel_rms = ||a-b|| / ||b|| on a log scale: "
+                              "green 0.1% → yellow 1% → orange 10% → red 100%.", style="dim"))

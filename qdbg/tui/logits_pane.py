@@ -1,0 +1,113 @@
+"""LogitsPane: A's and B's top-k next tokens side by side (piece, probability, rank change), KL
+and JS, and a top-1 flip banner that cannot be missed (the pane's border turns red too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.containers import VerticalScroll
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from qdbg.tui.fmt import lines, num, pct, piece_of, piece_text, row
+
+EMPTY = "logits appear at result_output — press e to run to the end"
+
+
+def rank_change(tid: int, mine: int, other_top: list[dict], k: int) -> tuple[str, str]:
+    """How the other side ranks token `tid` that this side ranks `mine` (1-based): '=', '↓2', '↑1',
+    or '>k' when it is outside the other side's top-k; with a style."""
+    ids = [e["id"] for e in other_top]
+    if tid not in ids:
+        return f">{k}", "bold red"
+    d = ids.index(tid) + 1 - mine
+    if d == 0:
+        return "=", "green"
+    return (f"↓{d}", "yellow") if d > 0 else (f"↑{-d}", "cyan")
+
+
+def _piece(session: Any, e: dict) -> str:
+    p = e.get("piece")
+    return piece_text(p if p is not None else piece_of(session, e["id"]), 8)
+
+
+def flip_banner(session: Any, pos: dict, width: int) -> list[Text]:
+    """Full-width lines: red 'TOP-1 FLIP' with both picks, or a green 'top-1 agrees'."""
+    a, b = pos["a"]["top"][0], pos["b"]["top"][0]
+    if pos.get("flip"):
+        style = "bold white on red"
+        return [row([" ⚠ TOP-1 FLIP ⚠"], [width], style=style),
+                row([f" A → {_piece(session, a)} #{a['id']}    B → {_piece(session, b)} #{b['id']}"], [width],
+                    style=style)]
+    return [row([f" ✓ top-1 agrees: {_piece(session, a)} #{a['id']}"], [width], style="bold white on dark_green")]
+
+
+def topk_lines(session: Any, pos: dict, k: int, width: int) -> list[Text]:
+    """A's and B's top-k side by side: piece, probability, and where the other side ranks it."""
+    piece_w = max(6, (width - 2 - 2 * (6 + 4) - 6) // 2)
+    widths, aligns = [2, piece_w, 6, 4, piece_w, 6, 4], "rlrrlrr"
+    out = [row(["#", "A token", "prob", "in B", "B token", "prob", "in A"], widths, aligns, style="bold")]
+    ta, tb = pos["a"]["top"], pos["b"]["top"]
+    for i in range(max(len(ta), len(tb))):
+        cells: list[Any] = [str(i + 1)]
+        for mine, other in ((ta, tb), (tb, ta)):
+            if i >= len(mine):
+                cells += ["", "", ""]
+                continue
+            e = mine[i]
+            ch, style = rank_change(e["id"], i + 1, other, k)
+            prob = pct(e.get("prob"), 2) if e.get("prob") is not None else num(e.get("logit"))
+            cells += [_piece(session, e), prob, Text(ch, style=style)]
+        out.append(row(cells, widths, aligns, style="bold" if i == 0 else ""))
+    return out
+
+
+class LogitsPane(VerticalScroll, can_focus=False):
+    """Set `session` once, then `record` to a Record with logits (or None)."""
+
+    DEFAULT_CSS = """
+    LogitsPane > Static { width: 1fr; }
+    """
+
+    record: reactive[Any] = reactive(None, always_update=True)
+    flipped: reactive[bool] = reactive(False)
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.session: Any = None
+
+    def compose(self):
+        yield Static(EMPTY, id="logits-body")
+
+    def on_resize(self) -> None:
+        self.record = self.record
+
+    def watch_flipped(self, flipped: bool) -> None:
+        self.set_class(flipped, "-flip")
+
+    def watch_record(self, rec: Any) -> None:
+        body = self.query_one("#logits-body", Static)
+        lg = (rec.logits or {}).get("A~B") if rec is not None else None
+        if not lg or not lg.get("positions"):
+            self.flipped = False
+            self.border_subtitle = ""
+            body.update(Text(EMPTY, style="dim"))
+            return
+        pos = lg["positions"][-1]
+        self.flipped = bool(pos.get("flip"))
+        s = self.session
+        at = rec.positions[-1] if s.scope in ("last", "all") and rec.positions else s.scope
+        self.border_subtitle = f"pass {rec.step}, after token {at}"
+        width = self.content_size.width or 46
+        parts = flip_banner(s, pos, width)
+        parts.append(Text(f"KL(A‖B) {num(pos.get('kl_ab'), '.4g')}  KL(B‖A) {num(pos.get('kl_ba'), '.4g')}  "
+                          f"JS {num(pos.get('js'), '.3g')}", no_wrap=True, overflow="ellipsis"))
+        parts.append(Text(f"top-{lg['k']} overlap {pct(pos.get('topk_overlap'), 0)}  margin A "
+                          f"{num(pos['a'].get('margin'), '.3g')} B {num(pos['b'].get('margin'), '.3g')}",
+                          no_wrap=True, overflow="ellipsis"))
+        if len(lg["positions"]) > 1 and lg.get("flip_positions"):
+            parts.append(Text(f"flips at {len(lg['flip_positions'])} of {lg['n_pos']} positions",
+                              style="bold red"))
+        parts += topk_lines(s, pos, lg["k"], width)
+        body.update(lines(parts))

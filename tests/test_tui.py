@@ -1,0 +1,529 @@
+"""The TUI through Textual's Pilot at 120x40: every binding and pane, checked against the Session.
+
+Each test drives a QdbgApp built by `make_app` over a Session on the seeded synthetic llama pair
+(Q4_K_M vs Q5_K_M) and compares what the screen shows with what the session says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from qdbg.expr import parse
+from qdbg.errors import ExpressionError
+from qdbg.model import Model
+from qdbg.session import Session
+
+textual = pytest.importorskip("textual")
+
+from textual.widgets import Input, Static  # noqa: E402
+
+from qdbg.tui.app import QdbgApp, make_app  # noqa: E402
+from qdbg.tui.breakpoints_pane import BreakpointsPane  # noqa: E402
+from qdbg.tui.commands import QdbgCommands  # noqa: E402
+from qdbg.tui.confirm import ConfirmScreen  # noqa: E402
+from qdbg.tui.header import SessionHeader  # noqa: E402
+from qdbg.tui.help_screen import HelpScreen  # noqa: E402
+from qdbg.tui.logits_pane import LogitsPane  # noqa: E402
+from qdbg.tui.prompt import PromptScreen  # noqa: E402
+from qdbg.tui.timeline import Timeline  # noqa: E402
+
+PROMPT = [1, 40, 41, 300, 12]
+SIZE = (120, 40)
+
+
+@pytest.fixture(scope="module")
+def models(synth_model):
+    """The synthetic pair, opened once (their weight caches stay warm across tests)."""
+    return {"A": Model(synth_model("llama", "Q4_K_M")), "B": Model(synth_model("llama", "Q5_K_M"))}
+
+
+@pytest.fixture
+def new_session(models):
+    """`new_session(tokens=PROMPT)` -> a fresh Session on the synthetic Q4_K_M / Q5_K_M pair."""
+    def make(tokens=PROMPT, **kw) -> Session:
+        return Session(dict(models), tokens, **kw)
+    return make
+
+
+def drive(app: QdbgApp, script, size=SIZE):
+    """Run `await script(pilot)` inside app.run_test and return its result."""
+    async def main():
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            return await script(pilot)
+    return asyncio.run(main())
+
+
+async def settle(pilot) -> None:
+    """Let workers finish and their messages land."""
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def press(pilot, *keys: str) -> None:
+    for k in keys:
+        await pilot.press(k)
+        await settle(pilot)
+
+
+async def type_text(pilot, text: str) -> None:
+    await pilot.press(*[{" ": "space"}.get(ch, ch) for ch in text])
+
+
+async def answer(pilot, text: str) -> None:
+    """Fill the input of the open prompt modal and press Enter."""
+    pilot.app.screen.query_one(Input).value = text
+    await press(pilot, "enter")
+
+
+def header_text(app: QdbgApp) -> str:
+    return str(app.query_one(SessionHeader).render())
+
+
+def body_text(app: QdbgApp, selector: str) -> str:
+    """The plain text shown in the screen region of the widget `selector` (children included)."""
+    r = app.query_one(selector).region
+    strips = app.screen._compositor.render_strips()
+    return "\n".join(strips[y].crop(r.x, r.right).text for y in range(r.y, min(r.bottom, len(strips))))
+
+
+# ---- stepping -------------------------------------------------------------------------------
+
+def test_step_three_times_moves_cursor_and_status(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "s", "s", "s")
+        assert s.cursor == 2
+        assert "op 3 of 3+" in header_text(app)
+        assert s.current.name in header_text(app)
+        tl = app.query_one(Timeline)
+        assert tl.cursor == 2
+        assert "▶" in body_text(app, "#timeline")
+        assert s.current.name in body_text(app, "#stats")
+    drive(app, script)
+
+
+def test_step_aliases_and_back(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "n", "right", "s", "s")
+        assert s.cursor == 3
+        await press(pilot, "b", "left")
+        assert s.cursor == 1 and len(s.history) == 4
+        await press(pilot, "s")          # within history: no new op computed
+        assert s.cursor == 2 and len(s.history) == 4
+        assert "op 3 of 4+" in header_text(app)
+    drive(app, script)
+
+
+def test_next_layer_matches_session(new_session):
+    s, ref = new_session(), new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        for _ in range(3):
+            await press(pilot, "l")
+            ref.next_layer()
+            assert s.cursor == ref.cursor and s.current.name == ref.current.name
+        assert s.current.layer == 1
+    drive(app, script)
+
+
+def test_run_to_end_shows_logits(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "e")
+        assert s.at_end and s.current.name == "result_output"
+        assert app.last_stop.reason == "end"
+        assert "end of run" in header_text(app)
+        assert f"op {len(s.history)} of {len(s.history)}" in header_text(app)
+        pane = app.query_one(LogitsPane)
+        assert pane.record is s.current
+        text = body_text(app, "#logits")
+        pos = s.final()["positions"][-1]
+        assert ("TOP-1 FLIP" in text) == pos["flip"]
+        assert "KL(A‖B)" in text and f"{pos['kl_ab']:.4g}" in text
+    drive(app, script)
+
+
+def test_continue_stops_where_session_says(new_session):
+    s, ref = new_session(), new_session()
+    expr = 'kind == "matmul" and rel_rms > 0.3'
+    ref.breakpoints.add(expr)
+    want = ref.cont()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "a")
+        app.query_one("#bp-input", Input).value = expr
+        await press(pilot, "enter")
+        assert [bp.expr for bp in s.breakpoints] == [expr]
+        await press(pilot, "escape")      # leave the input
+        await press(pilot, "c")
+        assert app.last_stop.reason == "breakpoint" == want.reason
+        assert s.cursor == want.record.index
+        assert "breakpoint #1" in header_text(app)
+        assert app.query_one(Timeline).hit == s.cursor
+        assert "hits 1" in body_text(app, "#breakpoints")
+    drive(app, script)
+
+
+def test_escape_interrupts_a_long_run(new_session):
+    s = new_session()
+    s.decode(400)                          # ~7000 ops: far longer than the test waits
+    app = make_app(s)
+
+    async def script(pilot):
+        app.action_run_to_end()              # the 'e' key waits for an idle screen, which a run is not
+        deadline = time.monotonic() + 20
+        while "ops computed" not in header_text(app) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert app.busy == "run_to_end"
+        app.action_back()                    # refused while the worker owns the session
+        assert app.busy and s.cursor > 0
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.busy == ""
+        assert app.last_stop.reason == "interrupted"
+        assert not s.at_end and s.pending
+        assert "interrupted" in header_text(app)
+        where = s.cursor
+        await press(pilot, "b")              # usable again afterwards
+        assert s.cursor == where - 1
+    drive(app, script)
+
+
+# ---- mouse, go to, scope ---------------------------------------------------------------------
+
+def test_click_on_timeline_op_moves_cursor(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "e")
+        tl = app.query_one(Timeline)
+        tl.scroll_to(y=0, animate=False, immediate=True)
+        await pilot.pause()
+        row = tl.row_of(5)
+        assert row is not None and row < tl.size.height
+        assert await pilot.click(Timeline, offset=(4, row))
+        await settle(pilot)
+        assert s.cursor == 5
+        assert f"op 6 of {len(s.history)}" in header_text(app)
+        heading = next(r for r in range(tl.size.height) if r not in tl._row_of.values())
+        await pilot.click(Timeline, offset=(4, heading))   # a heading: nothing happens
+        await settle(pilot)
+        assert s.cursor == 5
+    drive(app, script)
+
+
+def test_goto_computes_forward_and_jumps_back(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def goto(pilot, target):
+        await press(pilot, "slash")
+        assert isinstance(app.screen, PromptScreen)
+        await answer(pilot, target)
+
+    async def script(pilot):
+        await goto(pilot, "ffn_up-1")
+        assert s.current.name == "ffn_up-1"
+        await goto(pilot, "attn_norm-0")          # behind the cursor: found in history
+        assert s.current.name == "attn_norm-0"
+        await goto(pilot, "kq*")                   # glob, next after the cursor
+        assert s.current.name == "kq-0"
+        app.goto("1")                              # a layer number
+        await settle(pilot)
+        assert s.current.name == "attn_norm-1"
+        before = s.cursor
+        app.goto("no_such_op*")
+        await settle(pilot)
+        assert "no op matches" in header_text(app)
+        assert s.cursor == before or s.at_end
+    drive(app, script)
+
+
+def test_scope_change(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def set_scope(pilot, value):
+        await press(pilot, "o")
+        assert isinstance(app.screen, PromptScreen)
+        assert app.screen.query_one(Input).value == str(s.scope)
+        await answer(pilot, value)
+
+    async def script(pilot):
+        await press(pilot, "s", "s")
+        rel_last = s.current.pair["rel_rms"]
+        await set_scope(pilot, "all")
+        assert s.scope == "all"
+        assert "scope all" in header_text(app)
+        assert s.current.pair["rel_rms"] != rel_last
+        app.set_scope("2")
+        await settle(pilot)
+        assert s.scope == 2
+        assert "token 2" in header_text(app)
+        app.set_scope("bogus")
+        await settle(pilot)
+        assert s.scope == 2
+        assert "scope failed" in header_text(app)
+    drive(app, script)
+
+
+# ---- breakpoints -----------------------------------------------------------------------------
+
+def test_add_breakpoint_through_the_input(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "a")
+        assert isinstance(app.focused, Input)
+        await type_text(pilot, "rel_rms > 0.3")
+        await press(pilot, "enter")
+        assert [bp.expr for bp in s.breakpoints] == ["rel_rms > 0.3"]
+        assert app.query_one("#bp-input", Input).value == ""
+        assert "#1 rel_rms > 0.3" in body_text(app, "#breakpoints")
+    drive(app, script)
+
+
+def test_invalid_expression_shows_caret_and_adds_nothing(new_session):
+    s = new_session()
+    app = make_app(s)
+    bad = "rel_rms > > 0.1"
+    with pytest.raises(ExpressionError) as err:
+        parse(bad)
+
+    async def script(pilot):
+        await press(pilot, "a")
+        await type_text(pilot, bad)
+        await press(pilot, "enter")
+        assert len(s.breakpoints) == 0
+        box = app.query_one("#bp-error", Static)
+        assert box.display and not box.has_class("-empty")
+        lines = [ln.rstrip() for ln in body_text(app, "#bp-error").splitlines()]
+        assert lines[0] == f" {bad}"
+        assert lines[1] == " " + " " * (err.value.column - 1) + "^"
+        assert "column" not in lines[2] and lines[2].strip()
+        assert app.query_one("#bp-input", Input).value == bad    # kept for fixing
+        app.query_one("#bp-input", Input).value = "rel_rms > 0.1"
+        await press(pilot, "enter")
+        assert len(s.breakpoints) == 1 and app.query_one("#bp-error", Static).has_class("-empty")
+    drive(app, script)
+
+
+def test_toggle_breakpoint_on_current_op(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "s", "s", "t")
+        assert [bp.expr for bp in s.breakpoints] == ['op == "attn_norm-0"']
+        assert "●attn_norm-0" in body_text(app, "#timeline").replace(" ", "").replace("▶", "")
+        await press(pilot, "t")
+        assert len(s.breakpoints) == 0
+        await press(pilot, "t", "b", "b")             # set again, go back, continue into it
+        assert s.cursor == 0
+        await press(pilot, "c")
+        assert app.last_stop.reason == "breakpoint" and s.current.name == "attn_norm-0"
+    drive(app, script)
+
+
+def test_breakpoint_list_toggle_and_delete(new_session):
+    s = new_session()
+    s.breakpoints.add("rel_rms > 0.5")
+    s.breakpoints.add("layer == 1")
+    app = make_app(s)
+
+    async def script(pilot):
+        pane = app.query_one(BreakpointsPane)
+        pane.query_one("#bp-list").focus()
+        await press(pilot, "down" if pane.query_one("#bp-list").highlighted is None else "home")
+        await press(pilot, "space")
+        assert [bp.enabled for bp in s.breakpoints] == [False, True]
+        assert "○ #1" in body_text(app, "#breakpoints")
+        await press(pilot, "enter")                   # enter toggles too
+        assert [bp.enabled for bp in s.breakpoints] == [True, True]
+        await press(pilot, "x")
+        assert [bp.id for bp in s.breakpoints] == [2]
+        await press(pilot, "delete")
+        assert len(s.breakpoints) == 0
+        assert "no breakpoints" in body_text(app, "#breakpoints")
+    drive(app, script)
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+def test_save_trace_asks_before_overwriting(new_session, tmp_path):
+    pytest.importorskip("qdbg.trace")
+    s = new_session()
+    path = tmp_path / "run.npz"
+    app = make_app(s, trace_path=path)
+
+    async def script(pilot):
+        await press(pilot, "s", "s", "w")
+        assert isinstance(app.screen, PromptScreen)
+        await press(pilot, "enter")
+        assert path.exists()
+        assert "trace saved: run.npz" in header_text(app)
+        first = path.read_bytes()
+        await press(pilot, "b", "w", "enter")
+        assert isinstance(app.screen, ConfirmScreen)
+        await press(pilot, "n")
+        assert path.read_bytes() == first
+        assert "trace not saved" in header_text(app)
+        await press(pilot, "w", "enter", "y")
+        assert path.read_bytes() != first             # the cursor moved: a new trace
+        from qdbg.replay import open_replay
+        assert open_replay(path).cursor == s.cursor
+    drive(app, script)
+
+
+def test_export_report(new_session, tmp_path):
+    pytest.importorskip("qdbg.report")
+    s = new_session()
+    path = tmp_path / "report.md"
+    app = make_app(s, report_path=path)
+
+    async def script(pilot):
+        await press(pilot, "e", "r", "enter")
+        assert path.read_text().startswith("# qdbg report")
+        assert "report saved: report.md" in header_text(app)
+    drive(app, script)
+
+
+def test_replay_session_in_the_app(new_session, tmp_path):
+    trace = pytest.importorskip("qdbg.trace")
+    replay = pytest.importorskip("qdbg.replay")
+    s = new_session()
+    s.run_to("ffn_out-1")
+    s.back(), s.back(), s.back()
+    trace.save_trace(s, tmp_path / "t.npz")
+    r = replay.open_replay(tmp_path / "t.npz")
+    app = make_app(r, title="replay")
+
+    async def script(pilot):
+        assert s.current.name in header_text(app)
+        await press(pilot, "s", "s")
+        assert r.current.name == s.history[s.cursor + 2].name
+    drive(app, script)
+
+
+# ---- app plumbing ------------------------------------------------------------------------------
+
+def test_loader_runs_in_a_worker(new_session):
+    s = new_session()
+    app = make_app(lambda: s)
+
+    async def script(pilot):
+        assert app.session is s
+        await press(pilot, "s")
+        assert s.cursor == 0
+    drive(app, script)
+
+
+def test_loader_failure_is_shown(new_session):
+    def boom():
+        raise FileNotFoundError("nope.gguf")
+    app = make_app(boom)
+
+    async def script(pilot):
+        assert app.session is None and "nope.gguf" in app.load_error
+        assert "cannot load" in header_text(app)
+        await press(pilot, "s")                      # refused, no crash
+    drive(app, script)
+
+
+def test_help_screen_and_command_palette(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await press(pilot, "escape")
+        assert not isinstance(app.screen, HelpScreen)
+        hits = [h async for h in QdbgCommands(app.screen).discover()]
+        names = {h.text for h in hits}
+        assert {b.description for b in QdbgApp.COMMAND_BINDINGS} <= names
+        step = next(h for h in hits if h.text == "step")
+        assert "key s" in step.help
+        cont = next(h for h in hits if h.text == "continue")
+        await cont.command()                            # what choosing it in the palette does
+        await settle(pilot)
+        assert s.at_end and app.last_stop.reason == "end"
+        await press(pilot, "ctrl+p")                    # the palette opens with our commands
+        assert app.screen.__class__.__name__ == "CommandPalette"
+    drive(app, script)
+
+
+def test_keymap_remaps_by_binding_id(new_session):
+    s = new_session()
+    app = make_app(s, keymap={"step": "j", "back": "k"})
+
+    async def script(pilot):
+        await press(pilot, "j", "j", "k")
+        assert s.cursor == 0
+        hits = [h async for h in QdbgCommands(app.screen).discover()]
+        assert "key j" in next(h for h in hits if h.text == "step").help
+    drive(app, script)
+
+
+def test_nan_and_inf_are_shown_not_fatal(new_session):
+    s = new_session()
+    s.run_to("ffn_up-0")
+    rec = s.current
+    a = rec.values["A"].astype(np.float32).copy()
+    a[-1, :3] = [np.nan, np.inf, -np.inf]
+    rec.values["A"] = a
+    s.run_to("ffn_out-0")
+    bad = s.current
+    bad.values["A"] = np.full_like(bad.values["A"], np.nan)    # nothing finite at all
+    s.set_scope("last")                                        # re-measure with the bad values
+    app = make_app(s)
+
+    async def script(pilot):
+        for target in ("ffn_up-0", "ffn_out-0"):
+            s.cursor = next(r.index for r in s.history if r.name == target)
+            app._refresh_views(force=True)
+            await pilot.pause()
+            assert "nan" in body_text(app, "#stats")
+            assert "NaN/Inf" in body_text(app, "#diff")
+            assert "NaN/Inf" in body_text(app, "#timeline")
+    drive(app, script)
+
+
+def test_small_terminal_degrades(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "e")
+        assert app.screen.has_class("-narrow") and app.screen.has_class("-short")
+        for sel in ("#timeline", "#stats", "#diff", "#logits", "#breakpoints"):
+            assert app.query_one(sel).region.area > 0
+    drive(app, script, size=(80, 24))
+
+
+def test_quit(new_session):
+    app = make_app(new_session())
+
+    async def script(pilot):
+        await pilot.press("q")
+        await pilot.pause()
+        return app.is_running
+    assert drive(app, script) is False

@@ -1,0 +1,99 @@
+"""Snapshot tests of the TUI at 120x40 (pytest-textual-snapshot): the main screen, a breakpoint
+hit, the logits pane after a top-1 flip, and a breakpoint error shown inline.
+
+Everything on screen is deterministic: seeded synthetic models with fixed file names, no clocks,
+no directories, cursor blinking off. Update after a deliberate change with
+`pytest tests/test_tui_snapshots.py --snapshot-update` and look at the SVGs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qdbg.model import Model
+from qdbg.session import Session
+
+pytest.importorskip("pytest_textual_snapshot")
+
+from textual.widgets import Input  # noqa: E402
+
+from qdbg.tui.app import make_app  # noqa: E402
+
+SIZE = (120, 40)
+PROMPT = [1, 40, 41, 300, 12]
+FLIP_CANDIDATES = ([1, 40, 41, 300, 6], [1, 40, 41, 300, 5], [1, 40, 41, 300, 10], [1, 40, 41, 300, 15])
+
+
+@pytest.fixture(scope="module")
+def models(synth_model):
+    return {"A": Model(synth_model("llama", "Q4_K_M")), "B": Model(synth_model("llama", "Q5_K_M"))}
+
+
+def flipped_session(models) -> Session:
+    """The first candidate prompt on which A and B disagree at the top-1, run to the end."""
+    for tokens in FLIP_CANDIDATES:
+        s = Session(dict(models), tokens)
+        s.run_to_end()
+        if s.final()["positions"][-1]["flip"]:
+            return s
+    raise AssertionError("no candidate prompt flips the top-1 on the synthetic pair")
+
+
+async def settle(pilot) -> None:
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    for inp in pilot.app.screen.query(Input):
+        inp.cursor_blink = False
+    await pilot.pause()
+
+
+async def press(pilot, *keys: str) -> None:
+    for k in keys:
+        await pilot.press(k)
+        await settle(pilot)
+
+
+def test_main_screen(snap_compare, models):
+    """Run to the end, go back to ffn_out-1 and set a breakpoint on it."""
+    app = make_app(Session(dict(models), PROMPT))
+
+    async def run_before(pilot):
+        await press(pilot, "e", "slash")
+        pilot.app.screen.query_one(Input).value = "ffn_out-1"
+        await press(pilot, "enter", "t")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_breakpoint_hit(snap_compare, models):
+    """A conditional breakpoint entered in the pane, then continue: stopped, marked, counted."""
+    app = make_app(Session(dict(models), PROMPT))
+
+    async def run_before(pilot):
+        await press(pilot, "a")
+        pilot.app.query_one("#bp-input", Input).value = 'kind == "matmul" and rel_rms > 0.3'
+        await press(pilot, "enter", "escape", "c")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_logits_after_flip(snap_compare, models):
+    """At result_output on a prompt where A and B pick different next tokens."""
+    app = make_app(flipped_session(models))
+
+    async def run_before(pilot):
+        await settle(pilot)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_breakpoint_error_inline(snap_compare, models):
+    """A malformed condition: the error under the input with a caret at the faulty column."""
+    app = make_app(Session(dict(models), PROMPT))
+
+    async def run_before(pilot):
+        await press(pilot, "s", "a")
+        pilot.app.query_one("#bp-input", Input).value = "rel_rms > > 0.1"
+        await press(pilot, "enter")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
