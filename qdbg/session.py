@@ -238,6 +238,14 @@ class Session:
             i = rec.positions.index(self._scope)
         return np.take(x, [i], axis=ax)
 
+    def _scope_positions(self, rec: Record) -> list[int]:
+        """Absolute token positions of the rows the scope keeps of this record."""
+        if self._scope == SCOPE_ALL:
+            return list(rec.positions)
+        if self._scope == SCOPE_LAST:
+            return [rec.positions[-1]]
+        return [int(self._scope)]
+
     def _measure(self, rec: Record) -> None:
         vals = {lab: self._scope_slice(rec, v) for lab, v in rec.values.items()}
         rec.stats, rec.pairs, rec.logits = {}, {}, None
@@ -254,10 +262,15 @@ class Session:
                     vals[x], vals[y], axes_names=rec.axes, input_rel_rms=max(ins) if ins else None)
         if rec.name == "result_output":
             rec.logits = {}
+            pos = self._scope_positions(rec)
             for x, y in PAIRS:
                 if x in vals and y in vals:
-                    rec.logits[f"{x}~{y}"] = metrics.logits_compare(
-                        vals[x], vals[y], k=self.top_k, pieces=self.pieces)
+                    lc = metrics.logits_compare(vals[x], vals[y], k=self.top_k, pieces=self.pieces)
+                    # rows are the scope's rows: report absolute token positions
+                    lc["flip_positions"] = [pos[i] for i in lc["flip_positions"]]
+                    for p in lc["positions"]:
+                        p["pos"] = pos[p["pos"]]
+                    rec.logits[f"{x}~{y}"] = lc
 
     def variables(self, rec: Record) -> dict[str, Any]:
         """The breakpoint variables of a record (A vs B)."""

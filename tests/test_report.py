@@ -99,7 +99,7 @@ def _swap_top2(minus_noise: float):
 def test_flip_weighed_against_logit_error(paths, engines_with, noise, verdict):
     engines_with({paths["twin"]: {"result_output": _swap_top2(noise)}})
     s = _run(paths, {"A": "A", "B": "twin"}, decode=0)
-    assert s.final()["flip_positions"] == [0]
+    assert s.final()["flip_positions"] == [5]  # absolute token position
     text = render_report(s)
     line = next(x for x in text.splitlines() if x.startswith("- Pass 0, position 5:"))
     assert "**top-1 flipped**" in line and verdict in line, line

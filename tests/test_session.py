@@ -143,3 +143,13 @@ def test_prompt_longer_than_context(synth_model):
     a = Model(synth_model("llama", "Q8_0"))
     with pytest.raises(UsageError, match="context"):
         Session({"A": a, "B": a}, [1] * (a.config.n_ctx_train + 1))
+
+
+def test_logits_positions_are_absolute(sess):
+    sess.run_to_end()
+    f = sess.final()
+    assert [p["pos"] for p in f["positions"]] == [len(TOKENS) - 1]
+    sess.set_scope("all")
+    f = sess.final()
+    assert [p["pos"] for p in f["positions"]] == list(range(len(TOKENS)))
+    assert all(0 <= p < len(TOKENS) for p in f["flip_positions"])
