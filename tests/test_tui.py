@@ -423,6 +423,20 @@ def test_replay_session_in_the_app(new_session, tmp_path):
     drive(app, script)
 
 
+def test_reference_side_is_shown(models, synth_model):
+    s = Session({**models, "R": Model(synth_model("llama", "Q8_0"))}, PROMPT)
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "l", "l")
+        assert s.labels == ["A", "B", "R"]
+        heads = [ln.strip("│ ").split() for ln in body_text(app, "#stats").splitlines()]
+        assert ["A", "B", "R", "Δ%", "A/B"] in heads
+        assert "A~R rel_rms" in body_text(app, "#diff") and "B~R rel_rms" in body_text(app, "#diff")
+        assert "llama-Q8_0.gguf" in header_text(app)
+    drive(app, script)
+
+
 # ---- app plumbing ------------------------------------------------------------------------------
 
 def test_loader_runs_in_a_worker(new_session):
@@ -527,3 +541,34 @@ def test_quit(new_session):
         await pilot.pause()
         return app.is_running
     assert drive(app, script) is False
+
+
+# ---- formatting helpers (pure) ------------------------------------------------------------------
+
+def test_formatting_helpers_show_nonfinite_values():
+    from qdbg.tui.fmt import fit_num, heat, heat_color, num, pct_diff, piece_text, spark
+
+    assert [num(None), num(float("nan")), num(float("inf")), num(-float("inf"))] == ["—", "nan", "inf", "-inf"]
+    assert pct_diff(1.1, 1.0) == "+10.0%" and pct_diff(None, 1.0) == "—" and pct_diff(float("nan"), 1.0) == "nan"
+    assert pct_diff(1.0, 0.0) == "—" and pct_diff(0.0, 0.0) == "0.0%"
+    assert heat(1e-3) == 0.0 and heat(1.0) == 1.0 and heat(None) is None and heat(float("nan")) is None
+    assert heat(float("inf")) == 1.0 and heat_color(None) == "#808080"
+    assert len(fit_num(-0.0030123, 7)) <= 7
+    line = spark([1.0, float("nan"), float("inf"), 0.0, 2.0], log=True)
+    assert line.plain[1] == "!" and len(line.plain) == 5
+    assert len(spark(np.arange(1000.0), 40).plain) == 40
+    assert piece_text("a\tb") == "'a\\tb'" and piece_text("('") == '"(\'"' and piece_text(None) == "?"
+    assert piece_text("x" * 20, 5) == "'xxxx…'"
+
+
+def test_find_op_searches_forward_then_wraps(new_session):
+    from qdbg.tui.actions import find_op
+
+    s = new_session()
+    s.run_to_end()
+    h = s.history
+    assert find_op(h, 5, "ffn_up-0", wrap=False).name == "ffn_up-0"
+    assert find_op(h, 20, "ffn_up-0", wrap=False) is None
+    assert find_op(h, 20, "ffn_up-0", wrap=True).name == "ffn_up-0"
+    assert find_op(h, -1, "1", wrap=False).name == "attn_norm-1"
+    assert find_op(h, -1, "*_soft_max-?", wrap=False).name == "kq_soft_max-0"

@@ -10,19 +10,20 @@ session while a worker runs.
 
 from __future__ import annotations
 
-import fnmatch
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from textual import on, work
+from textual import work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.reactive import reactive
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer
 
 from qdbg.errors import ExpressionError, QdbgError
+from qdbg.tui import keys
+from qdbg.tui.actions import bare_message, find_op, logits_record, one_line, run_verb, write_file
 from qdbg.tui.breakpoints_pane import BreakpointsPane
 from qdbg.tui.commands import QdbgCommands
 from qdbg.tui.confirm import ConfirmScreen
@@ -42,23 +43,7 @@ from qdbg.tui.timeline import Timeline
 DEFAULT_TRACE = "qdbg-trace.npz"
 DEFAULT_REPORT = "qdbg-report.md"
 PROGRESS_EVERY = 0.1
-VERB_LABELS = {"step": "step", "next_layer": "next layer", "cont": "continue", "run_to_end": "run to end",
-               "run_to": "go to", "set_scope": "scope"}
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one line: QdbgErrors by message, anything else with its type."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return msg if isinstance(e, QdbgError) else f"{type(e).__name__}: {msg}"
-
-
-def bare_message(e: ExpressionError) -> str:
-    """ExpressionError's message without the ' at column N: expr' tail (the caret shows those)."""
-    msg = str(e)
-    for tail in (f": {e.expr!r}", f" at column {e.column}"):
-        if msg.endswith(tail):
-            msg = msg[: -len(tail)]
-    return msg
+"""Seconds between progress messages from a running verb (more would crowd out key presses)."""
 
 
 class QdbgApp(App[None]):
@@ -69,23 +54,11 @@ class QdbgApp(App[None]):
     COMMANDS = App.COMMANDS | {QdbgCommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
-    COMMAND_BINDINGS = [
-        Binding("s,n,right", "step", "step", id="step", tooltip="one op forward, computing it if needed"),
-        Binding("b,left", "back", "back", id="back", tooltip="one op back through history"),
-        Binding("l", "next_layer", "layer", id="next_layer", tooltip="run to the next layer's first op"),
-        Binding("c", "cont", "continue", id="continue", tooltip="run to a breakpoint or the end"),
-        Binding("e", "run_to_end", "end", id="run_to_end", tooltip="run to the end, ignoring breakpoints"),
-        Binding("t", "toggle_breakpoint", "bp", id="toggle_breakpoint", tooltip="breakpoint on this op, on/off"),
-        Binding("a", "add_condition", "cond", id="add_condition", tooltip="add a conditional breakpoint"),
-        Binding("o", "scope", "scope", id="scope", tooltip="metrics over the last token, all, or one position"),
-        Binding("slash", "goto", "go to", id="goto", tooltip="go to an op by name, glob or layer"),
-        Binding("w", "save_trace", "save", id="save_trace", tooltip="save the session as a trace"),
-        Binding("r", "export_report", "report", id="export_report", tooltip="write the markdown report"),
-        Binding("question_mark", "help", "help", id="help", tooltip="keys and breakpoint conditions"),
-        Binding("escape", "interrupt", "stop", id="interrupt", tooltip="interrupt a running verb"),
-        Binding("q", "quit", "quit", id="quit", tooltip="quit qdbg"),
-    ]
+    COMMAND_BINDINGS = keys.BINDINGS
     BINDINGS = COMMAND_BINDINGS
+
+    busy: reactive[str] = reactive("", init=False)
+    """The verb a worker is running ('' when idle); the session is the worker's until it ends."""
 
     def __init__(self, session: Any, *, title: str | None = None, trace_path: str | Path | None = None,
                  report_path: str | Path | None = None) -> None:
@@ -95,7 +68,6 @@ class QdbgApp(App[None]):
         self.title = title or "qdbg"
         self.trace_path = Path(trace_path or DEFAULT_TRACE)
         self.report_path = Path(report_path or DEFAULT_REPORT)
-        self.busy = ""
         self.load_error: str | None = None
         self.last_stop: Any = None
         self._stop = threading.Event()
@@ -150,14 +122,6 @@ class QdbgApp(App[None]):
             self.query_one(w).session = session
         self._refresh_views()
 
-    def _logits_record(self) -> Any:
-        """The logits shown: at or before the cursor, else the first after it."""
-        s = self.session
-        before = [r for r in s.history[: s.cursor + 1] if r.logits]
-        if before:
-            return before[-1]
-        return next((r for r in s.history[s.cursor + 1:] if r.logits), None)
-
     def _refresh_views(self, force: bool = False) -> None:
         s = self.session
         if s is None:
@@ -175,7 +139,12 @@ class QdbgApp(App[None]):
         self.query_one(SessionHeader).cursor = s.cursor
         self.query_one(StatsPane).record = rec
         self.query_one(DiffPane).record = rec
-        self.query_one(LogitsPane).record = self._logits_record()
+        lr, pane = logits_record(s), self.query_one(LogitsPane)
+        if force or lr is not pane.record:
+            pane.record = lr
+
+    def watch_busy(self, busy: str) -> None:
+        self.screen.set_class(bool(busy), "-busy")
 
     def _set_state(self, text: str, kind: str = "") -> None:
         header = self.query_one(SessionHeader)
@@ -186,7 +155,7 @@ class QdbgApp(App[None]):
             self.notify(self.load_error or "still loading", severity="warning")
             return False
         if self.busy:
-            self.notify(f"busy: {VERB_LABELS.get(self.busy, self.busy)} (Esc stops it)", severity="warning")
+            self.notify(f"busy: {keys.VERB_LABELS.get(self.busy, self.busy)} (Esc stops it)", severity="warning")
             return False
         return True
 
@@ -195,7 +164,7 @@ class QdbgApp(App[None]):
         self._stop.clear()
         self.busy = verb
         self.query_one(Timeline).hit = -1
-        self._set_state(f"⟳ {VERB_LABELS[verb]}…", "running")
+        self._set_state(f"⟳ {keys.VERB_LABELS[verb]}…", "running")
         self._run_verb(verb, arg)
 
     @work(thread=True, exclusive=True, group="session", exit_on_error=False)
@@ -212,15 +181,7 @@ class QdbgApp(App[None]):
             return stop.is_set()
 
         try:
-            if verb == "step":
-                st = s.step()
-            elif verb == "run_to":
-                st = s.run_to(arg, should_stop=should_stop)
-            elif verb == "set_scope":
-                s.set_scope(arg)
-                st = None
-            else:
-                st = getattr(s, verb)(should_stop=should_stop)
+            st = run_verb(s, verb, arg, should_stop)
         except Exception as e:  # shown in the status line; the session stays usable
             self.post_message(RunFailed(verb, one_line(e)))
             return
@@ -228,11 +189,11 @@ class QdbgApp(App[None]):
 
     def on_run_progressed(self, msg: RunProgressed) -> None:
         if self.busy:
-            self._set_state(f"⟳ {VERB_LABELS[msg.verb]}… {msg.n_ops} ops computed (Esc stops)", "running")
+            self._set_state(f"⟳ {keys.VERB_LABELS[msg.verb]}… {msg.n_ops} ops computed (Esc stops)", "running")
 
     def on_run_failed(self, msg: RunFailed) -> None:
         self.busy = ""
-        self._set_state(f"{VERB_LABELS.get(msg.verb, msg.verb)} failed: {msg.error}", "error")
+        self._set_state(f"{keys.VERB_LABELS.get(msg.verb, msg.verb)} failed: {msg.error}", "error")
         self._refresh_views(force=True)
 
     def on_run_finished(self, msg: RunFinished) -> None:
@@ -322,10 +283,7 @@ class QdbgApp(App[None]):
 
     def _goto_history(self, target: str, wrap: bool) -> bool:
         s = self.session
-        want = (lambda r: r.layer == int(target)) if target.isdigit() else \
-            (lambda r: r.name == target or fnmatch.fnmatchcase(r.name, target))
-        order = s.history[s.cursor + 1:] + (s.history[: s.cursor + 1] if wrap else [])
-        rec = next((r for r in order if want(r)), None)
+        rec = find_op(s.history, s.cursor, target, wrap)
         if rec is None:
             if wrap:
                 self._set_state(f"no op matches {target!r}", "error")
@@ -389,7 +347,7 @@ class QdbgApp(App[None]):
         self._bp_change(lambda bps: bps.remove(msg.bp_id))
 
     def _bp_change(self, change: Callable[[Any], Any]) -> None:
-        if self.session is None:
+        if not self._can_act():   # a running verb may be removing a temporary breakpoint
             return
         try:
             change(self.session.breakpoints)
@@ -431,21 +389,7 @@ class QdbgApp(App[None]):
     @work(thread=True, exclusive=True, group="files", exit_on_error=False)
     def _write_file(self, kind: str, path: Path) -> None:
         try:
-            if kind == "trace":
-                try:
-                    from qdbg.trace import save_trace
-                except ImportError:
-                    raise QdbgError("saving traces needs qdbg.trace, which is not available yet") from None
-                save_trace(self.session, path)
-            else:
-                try:
-                    from qdbg.report import render_report
-                except ImportError:
-                    raise QdbgError("reports need qdbg.report, which is not available yet") from None
-                from qdbg.util import atomic_write
-
-                text = render_report(self.session).encode("utf-8")
-                atomic_write(path, lambda f: f.write(text))
+            write_file(kind, self.session, path)
         except Exception as e:  # shown inline; nothing was written (atomic writes)
             self.post_message(WriteFailed(kind, one_line(e)))
             return

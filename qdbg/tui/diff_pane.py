@@ -17,7 +17,7 @@ from qdbg.errors import QdbgError
 from qdbg.tui.fmt import NONFINITE, finite, fit_num, heat_color, lines, num, pct, piece_of, piece_text, row, spark
 
 N_TOP = 5
-EMPTY = "no op yet — press s to step"
+EMPTY = "no op yet — s steps"
 
 
 def abs_position(session: Any, rec: Any, i: int) -> int | None:
@@ -42,14 +42,14 @@ def metrics_lines(pair: dict, width: int) -> list[Text]:
     """The pairwise metrics in two name/value column pairs."""
     rel, amp = pair.get("rel_rms"), pair.get("amp")
     half = (width - 2) // 2
-    widths = [10, half - 11, 10, width - half - 12]
+    widths = [7, half - 8, 8, width - half - 10]
     amp_t = Text(f"{num(amp, '.3g')}×" if amp is not None else "—",
                  style="bold red" if finite(amp) and amp > 1.5 else "")
     cells = [
         ("rel_rms", Text(pct(rel, 2), style=f"bold {heat_color(rel)}"), "sqnr", f"{num(pair.get('sqnr'), '.1f')} dB"),
         ("cos", num(pair.get("cos"), ".5f"), "amp", amp_t),
         ("max_abs", num(pair.get("max_abs")), "mean_abs", num(pair.get("mean_abs"))),
-        ("max_rel", num(pair.get("max_rel"), ".3g"), "sign flips", num(pair.get("sign_flips"))),
+        ("max_rel", num(pair.get("max_rel"), ".3g"), "flips", num(pair.get("sign_flips"))),
     ]
     return [row([Text(n1, style="bold"), v1, Text(n2, style="bold"), v2], widths, "lrlr", gap=1)
             for n1, v1, n2, v2 in cells]
@@ -66,21 +66,36 @@ def nonfinite_text(pair: dict) -> Text | None:
     return t
 
 
+def token_label(session: Any, pos: int | None) -> str:
+    """'6 'cache'': a token position with its piece."""
+    if pos is None or pos >= len(session.tokens):
+        return "—"
+    return f"{pos} {piece_text(piece_of(session, session.tokens[pos]), 8)}"
+
+
 def top_lines(session: Any, rec: Any, pair: dict, width: int) -> list[Text]:
-    """The most divergent elements: token (position and piece), other coordinates, A, B, |a-b|."""
-    num_w = max(7, (width - 8 - 7 - 4) // 3)
-    widths, aligns = [8, 7, num_w, num_w, num_w], "llrrr"
-    out = [row(["tok", "where", "A", "B", "|Δ|"], widths, aligns, style="bold")]
+    """The most divergent elements: coordinates (with the token when the scope spans several),
+    A, B and |a-b|."""
+    per_token = session.scope == "all" and "token" in rec.axes
+    fixed = [9, 7] if per_token else [7]
+    num_w = max(7, (width - sum(fixed) - len(fixed) - 2) // 3)
+    widths = fixed + [num_w] * 3
+    aligns = "l" * len(fixed) + "rrr"
+    head = (["tok"] if per_token else []) + ["where", "A", "B", "|Δ|"]
+    out = []
+    if not per_token and "token" in rec.axes:
+        out.append(Text.assemble(("most divergent at token ", "bold underline"),
+                                 (token_label(session, abs_position(session, rec, 0)), "bold underline")))
+    else:
+        out.append(Text("most divergent", style="bold underline"))
+    out.append(row(head, widths, aligns, style="bold"))
     for e in (pair.get("top") or [])[:N_TOP]:
         at = dict(e.get("at") or {})
-        tok = ""
-        if "token" in at:
-            pos = abs_position(session, rec, at.pop("token"))
-            if pos is not None and pos < len(session.tokens):
-                tok = f"{pos} {piece_text(piece_of(session, session.tokens[pos]), 5)}"
+        i = at.pop("token", None)
         where = " ".join(f"ch{v}" if k == "channel" else f"{k[:2]}{v}" for k, v in at.items())
-        vals = (fit_num(e.get(k), num_w) for k in ("a", "b", "abs_diff"))
-        out.append(row([tok, where, *vals], widths, aligns))
+        cells = [token_label(session, abs_position(session, rec, i))] if per_token else []
+        cells += [where, *(fit_num(e.get(k), num_w) for k in ("a", "b", "abs_diff"))]
+        out.append(row(cells, widths, aligns))
     return out
 
 
@@ -109,7 +124,8 @@ class DiffPane(VerticalScroll, can_focus=False):
     """Set `session` once, then `record` to show its A~B metrics."""
 
     DEFAULT_CSS = """
-    DiffPane > Static { width: 1fr; }
+    DiffPane { scrollbar-size-vertical: 1; scrollbar-gutter: stable; }
+    DiffPane > Static { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     record: reactive[Any] = reactive(None, always_update=True)
@@ -133,7 +149,7 @@ class DiffPane(VerticalScroll, can_focus=False):
         if not pair:
             body.update(Text("no A~B values in this scope", style="yellow"))
             return
-        width = self.content_size.width or 40
+        width = self.scrollable_content_region.width or 40
         parts = metrics_lines(pair, width)
         bad = nonfinite_text(pair)
         if bad is not None:
@@ -142,7 +158,6 @@ class DiffPane(VerticalScroll, can_focus=False):
             if key in rec.pairs:
                 r = rec.pairs[key].get("rel_rms")
                 parts.append(Text.assemble((f"{key} rel_rms ", "bold"), (pct(r, 2), heat_color(r))))
-        parts.append(Text("most divergent", style="bold underline"))
         parts += top_lines(self.session, rec, pair, width)
         parts.append(profiles(self.session, rec, width))
         body.update(lines(parts))

@@ -135,15 +135,17 @@ def spark(values: Sequence[float], width: int = 0, *, colors: Sequence[float] | 
 
 
 def piece_text(piece: Any, limit: int = 12) -> str:
-    """A token piece for display: quoted, control characters escaped, cut to `limit` cells."""
+    """A token piece for display: control characters escaped (\\n, \\x03), quoted with ' (or "
+    when it holds a '), its inside cut to `limit` characters with '…'."""
     if piece is None:
         return "?"
     if isinstance(piece, (bytes, bytearray)):
         piece = bytes(piece).decode("utf-8", errors="replace")
-    s = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(piece))
-    if len(s) > limit:
-        s = s[: limit - 1] + "…"
-    return f"'{s}'"
+    inner = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(piece))
+    q = '"' if "'" in inner and '"' not in inner else "'"
+    if len(inner) > limit:
+        inner = inner[: limit - 1] + "…"
+    return f"{q}{inner}{q}"
 
 
 def piece_of(session: Any, tid: int) -> Any:

@@ -52,6 +52,8 @@ class SessionHeader(Widget):
     SessionHeader {
         height: 3;
         padding: 0 1;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
         background: $panel;
         color: $text;
     }

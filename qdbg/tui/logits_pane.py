@@ -12,7 +12,7 @@ from textual.widgets import Static
 
 from qdbg.tui.fmt import lines, num, pct, piece_of, piece_text, row
 
-EMPTY = "logits appear at result_output — press e to run to the end"
+EMPTY = "no logits yet — e runs to the end"
 
 
 def rank_change(tid: int, mine: int, other_top: list[dict], k: int) -> tuple[str, str]:
@@ -44,21 +44,30 @@ def flip_banner(session: Any, pos: dict, width: int) -> list[Text]:
 
 
 def topk_lines(session: Any, pos: dict, k: int, width: int) -> list[Text]:
-    """A's and B's top-k side by side: piece, probability, and where the other side ranks it."""
-    piece_w = max(6, (width - 2 - 2 * (6 + 4) - 6) // 2)
-    widths, aligns = [2, piece_w, 6, 4, piece_w, 6, 4], "rlrrlrr"
-    out = [row(["#", "A token", "prob", "in B", "B token", "prob", "in A"], widths, aligns, style="bold")]
+    """A's and B's top-k side by side: piece, probability, and (if it fits) where the other side
+    ranks it."""
+    ranks = width >= 44
+    n_cols = 7 if ranks else 5
+    fixed = 2 + 2 * (6 + (4 if ranks else 0)) + (n_cols - 1)   # '#', probs, ranks, gaps
+    piece_w = max(4, (width - fixed) // 2)
+    cols = [("#", 2, "r")]
+    for me, other in (("A", "B"), ("B", "A")):
+        cols += [(f"{me} token", piece_w, "l"), ("prob", 6, "r")] + ([(f"in {other}", 4, "r")] if ranks else [])
+    widths, aligns = [c[1] for c in cols], "".join(c[2] for c in cols)
+    out = [row([c[0] for c in cols], widths, aligns, style="bold")]
     ta, tb = pos["a"]["top"], pos["b"]["top"]
     for i in range(max(len(ta), len(tb))):
         cells: list[Any] = [str(i + 1)]
         for mine, other in ((ta, tb), (tb, ta)):
             if i >= len(mine):
-                cells += ["", "", ""]
+                cells += [""] * (3 if ranks else 2)
                 continue
             e = mine[i]
-            ch, style = rank_change(e["id"], i + 1, other, k)
             prob = pct(e.get("prob"), 2) if e.get("prob") is not None else num(e.get("logit"))
-            cells += [_piece(session, e), prob, Text(ch, style=style)]
+            cells += [_piece(session, e), prob]
+            if ranks:
+                ch, style = rank_change(e["id"], i + 1, other, k)
+                cells.append(Text(ch, style=style))
         out.append(row(cells, widths, aligns, style="bold" if i == 0 else ""))
     return out
 
@@ -67,7 +76,8 @@ class LogitsPane(VerticalScroll, can_focus=False):
     """Set `session` once, then `record` to a Record with logits (or None)."""
 
     DEFAULT_CSS = """
-    LogitsPane > Static { width: 1fr; }
+    LogitsPane { scrollbar-size-vertical: 1; scrollbar-gutter: stable; }
+    LogitsPane > Static { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     record: reactive[Any] = reactive(None, always_update=True)
@@ -97,9 +107,8 @@ class LogitsPane(VerticalScroll, can_focus=False):
         pos = lg["positions"][-1]
         self.flipped = bool(pos.get("flip"))
         s = self.session
-        at = rec.positions[-1] if s.scope in ("last", "all") and rec.positions else s.scope
-        self.border_subtitle = f"pass {rec.step}, after token {at}"
-        width = self.content_size.width or 46
+        self.border_subtitle = f"pass {rec.step}, next token after position {pos.get('pos')}"
+        width = self.scrollable_content_region.width or 46
         parts = flip_banner(s, pos, width)
         parts.append(Text(f"KL(A‖B) {num(pos.get('kl_ab'), '.4g')}  KL(B‖A) {num(pos.get('kl_ba'), '.4g')}  "
                           f"JS {num(pos.get('js'), '.3g')}", no_wrap=True, overflow="ellipsis"))

@@ -10,12 +10,12 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from qdbg.tui.fmt import NONFINITE, fit_num, lines, num, pct_diff, row
+from qdbg.tui.fmt import NONFINITE, fit_num, lines, pct_diff, row
 
 ROWS = ("rms", "mean", "std", "min", "max", "absmax")
 N_FIRST = 4
 LABEL_W, DELTA_W = 7, 8
-EMPTY = "no op yet — press s to step"
+EMPTY = "no op yet — s steps"
 
 
 def stats_lines(rec: Any, labels: list[str], width: int) -> list[Text]:
@@ -54,7 +54,8 @@ class StatsPane(VerticalScroll, can_focus=False):
     """Set `session` once, then `record` (a qdbg.session.Record, or None) to show it."""
 
     DEFAULT_CSS = """
-    StatsPane > Static { width: 1fr; }
+    StatsPane { scrollbar-size-vertical: 1; scrollbar-gutter: stable; }
+    StatsPane > Static { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
     record: reactive[Any] = reactive(None, always_update=True)
@@ -77,7 +78,7 @@ class StatsPane(VerticalScroll, can_focus=False):
         labels = list(self.session.labels)
         parts = head_lines(rec, labels)
         if not rec.stats:
-            parts.append(Text("no values in this scope (the op does not cover that token)", style="yellow"))
+            parts.append(Text("no values: this op has no token in the scope", style="yellow"))
         else:
-            parts += stats_lines(rec, [lab for lab in labels if lab in rec.stats], self.content_size.width or 38)
+            parts += stats_lines(rec, [lab for lab in labels if lab in rec.stats], self.scrollable_content_region.width or 38)
         body.update(lines(parts))

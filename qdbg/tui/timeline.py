@@ -47,6 +47,7 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
     DEFAULT_CSS = """
     Timeline {
         height: 1fr;
+        overflow-x: hidden;
         scrollbar-size-vertical: 1;
     }
     Timeline > .timeline--cursor { background: $accent 40%; text-style: bold; }
@@ -92,6 +93,9 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
     def watch_hit(self) -> None:
         self.refresh()
 
+    def on_resize(self) -> None:
+        self.refresh()
+
     def _rebuild(self) -> None:
         s = self.session
         self._rows, self._row_of = [], {}
@@ -114,7 +118,7 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
                 last_group = g
             self._row_of[rec.index] = len(self._rows)
             self._rows.append(("op", rec.index))
-        self.virtual_size = Size(NAME_W + KIND_W + 12, len(self._rows))
+        self.virtual_size = Size(0, len(self._rows))   # rows are fitted to the width: no x-scroll
         self.refresh()
 
     def row_of(self, index: int) -> int | None:
@@ -124,13 +128,15 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
     # -- drawing -----------------------------------------------------------------------------
     def _op_text(self, index: int) -> Text:
         rec = self.session.history[index]
+        wide = self.size.width >= 2 + NAME_W + 1 + KIND_W + 10
         t = Text(no_wrap=True)
         t.append("▶" if index == self.cursor else " ", style="bold")
         bp = self._bps.get(rec.name)
         t.append("●" if bp else ("○" if bp is False else " "), style="bold red" if bp else "red")
         name = rec.name if len(rec.name) <= NAME_W else rec.name[: NAME_W - 1] + "…"
         t.append(f"{name:<{NAME_W}} ")
-        t.append(f"{rec.kind[:KIND_W]:<{KIND_W}}", style="dim")
+        if wide:
+            t.append(f"{rec.kind[:KIND_W]:<{KIND_W}}", style="dim")
         pair = rec.pair
         if pair.get("n_nonfinite"):
             t.append(" NaN/Inf", style=NONFINITE)
@@ -138,7 +144,7 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
             rel = pair.get("rel_rms")
             col = heat_color(rel)
             t.append(f"{pct(rel):>7} ", style=col)
-            t.append("██" if rel is not None else "  ", style=col)
+            t.append(("██" if wide else "█") if rel is not None else "", style=col)
         return t
 
     def _line(self, row: int) -> tuple[Text, Style | None]:

@@ -1,0 +1,82 @@
+"""What the app's actions do to a session, kept free of widgets: run a verb, find an op in
+history, pick the logits to show, write a trace or a report, and phrase errors in one line."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Callable
+
+from qdbg.errors import ExpressionError, QdbgError
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: QdbgErrors by message, anything else with its type."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return msg if isinstance(e, QdbgError) else f"{type(e).__name__}: {msg}"
+
+
+def bare_message(e: ExpressionError) -> str:
+    """ExpressionError's message without the ' at column N: expr' tail (the caret shows those)."""
+    msg = str(e)
+    for tail in (f": {e.expr!r}", f" at column {e.column}"):
+        if msg.endswith(tail):
+            msg = msg[: -len(tail)]
+    return msg
+
+
+def run_verb(session: Any, verb: str, arg: Any, should_stop: Callable[[], bool]) -> Any:
+    """Call one Session verb by name; returns its Stop (None for set_scope)."""
+    if verb == "step":
+        return session.step()
+    if verb == "run_to":
+        return session.run_to(arg, should_stop=should_stop)
+    if verb == "set_scope":
+        session.set_scope(arg)
+        return None
+    if verb in ("next_layer", "cont", "run_to_end"):
+        return getattr(session, verb)(should_stop=should_stop)
+    raise ValueError(f"unknown verb {verb!r}")
+
+
+def find_op(history: list, cursor: int, target: str, wrap: bool) -> Any:
+    """The first op after `cursor` (then from the start, if `wrap`) whose name is `target` or
+    matches it as a glob, or whose layer is `target` when it is a number; None if none does."""
+    if target.strip().isdigit():
+        layer = int(target)
+
+        def want(r: Any) -> bool:
+            return r.layer == layer
+    else:
+        def want(r: Any) -> bool:
+            return r.name == target or fnmatch.fnmatchcase(r.name, target)
+    order = history[cursor + 1:] + (history[: cursor + 1] if wrap else [])
+    return next((r for r in order if want(r)), None)
+
+
+def logits_record(session: Any) -> Any:
+    """The record whose logits the pane shows: the last at or before the cursor, else the first after."""
+    h, c = session.history, session.cursor
+    for r in reversed(h[: c + 1]):
+        if r.logits:
+            return r
+    return next((r for r in h[c + 1:] if r.logits), None)
+
+
+def write_file(kind: str, session: Any, path: Path) -> None:
+    """Write a trace ('trace', qdbg.trace.save_trace) or the markdown report ('report'), atomically."""
+    if kind == "trace":
+        try:
+            from qdbg.trace import save_trace
+        except ImportError:
+            raise QdbgError("saving traces needs qdbg.trace, which is not available") from None
+        save_trace(session, path)
+        return
+    try:
+        from qdbg.report import render_report
+    except ImportError:
+        raise QdbgError("reports need qdbg.report, which is not available") from None
+    from qdbg.util import atomic_write
+
+    text = render_report(session).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))
