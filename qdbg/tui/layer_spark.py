@@ -22,7 +22,8 @@ def layer_outputs(session: Any, step: int) -> list[tuple[int, Any]]:
 
 
 class LayerSpark(Widget):
-    """Per-layer divergence of the current pass; set `session`, then bump `revision`."""
+    """Per-layer divergence (rel_rms of each layer's output) of the current pass; set `session`,
+    then bump `revision`."""
 
     DEFAULT_CSS = """
     LayerSpark {
@@ -55,7 +56,7 @@ class LayerSpark(Widget):
         out.append("\n")
         if fin:
             v, lay = max(fin)
-            out.append(f"0..{rows[-1][0]}  worst ", style="dim")
+            out.append(f"0..{rows[-1][0]}  worst output ", style="dim")
             out.append(f"{pct(v)}", style=heat_color(v))
-            out.append(f" @ layer {lay}", style="dim")
+            out.append(f" @ {lay}", style="dim")
         return out
