@@ -88,6 +88,8 @@ def top_lines(session: Any, rec: Any, pair: dict, width: int) -> list[Text]:
                                  (token_label(session, abs_position(session, rec, 0)), "bold underline")))
     else:
         out.append(Text("most divergent", style="bold underline"))
+    if not pair.get("top"):
+        return out[:1] + [Text("none: A and B agree exactly here", style="green")]
     out.append(row(head, widths, aligns, style="bold"))
     for e in (pair.get("top") or [])[:N_TOP]:
         at = dict(e.get("at") or {})

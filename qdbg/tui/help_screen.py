@@ -31,7 +31,7 @@ def variables_table() -> Table:
     t.add_column("meaning")
     for name, (typ, meaning) in VARIABLES.items():
         t.add_row(name, typ, meaning)
-    t.add_row(", ".join(f"{a}={b}" for a, b in ALIASES.items()), "alias", "")
+    t.add_row("aliases", "", ", ".join(f"{a} = {b}" for a, b in ALIASES.items()))
     return t
 
 
