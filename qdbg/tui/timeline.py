@@ -72,7 +72,8 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.session: Any = None
-        self._rows: list[tuple[str, Any]] = []   # ("head", (pass, title, rec)) | ("op", index)
+        # ("pass", (step, first rec)) | ("head", (title, the group's last rec)) | ("op", history index)
+        self._rows: list[tuple[str, Any]] = []
         self._row_of: dict[int, int] = {}
         self._bps: dict[str, bool] = {}
 
@@ -112,8 +113,7 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
             g = group_of(rec)
             if g != last_group:
                 if last_group is None or g[0] != last_group[0]:
-                    tok = s.tokens[rec.positions[0]] if rec.positions and rec.positions[0] < len(s.tokens) else None
-                    self._rows.append(("pass", (g[0], rec, tok)))
+                    self._rows.append(("pass", (g[0], rec)))
                 self._rows.append(("head", (g[1], groups[g])))
                 last_group = g
             self._row_of[rec.index] = len(self._rows)
@@ -157,7 +157,7 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
                 style = self.get_component_rich_style("timeline--hit")
             return self._op_text(data), style
         if kind == "pass":
-            step, rec, tok = data
+            step, rec = data
             what = "prompt" if step == 0 else f"decode, token {rec.positions[0] if rec.positions else '?'}"
             return Text(f"━━ pass {step}: {what} ", no_wrap=True), self.get_component_rich_style("timeline--heading")
         title, last = data
