@@ -265,15 +265,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _run_tui(session, **kw) -> int:
     try:
-        from qdbg.tui.app import make_app
+        from qdbg.tui import make_app
     except ImportError as e:  # the TUI ships with the package; this only guards a broken install
         raise UsageError(f"the TUI is not available ({e}); use the headless commands") from None
-    make_app(session, **kw).run()
-    return 0
+    app = make_app(session, **{k: v for k, v in kw.items() if v is not None})
+    app.run()
+    return EXIT_USAGE if getattr(app, "load_error", None) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from qdbg.cli_run import print_results, run_session
     from qdbg.demo import demo_pair, demo_prompt
 
     files = demo_pair(progress=lambda m: print(m, file=sys.stderr))
@@ -281,9 +281,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.tokens, args.chat, args.no_bos, args.no_special = None, False, False, False
     args.mode = "ggml"
     s, names = _session_from_args(args, {"A": str(files["Q4_K_M"]), "B": str(files["Q5_K_M"])})
-    stops = run_session(s)
-    print_results(s, stops, args.json, names)
-    return 0
+    if args.headless or args.json:
+        from qdbg.cli_run import print_results, run_session
+
+        print_results(s, run_session(s), args.json, names)
+        return 0
+    return _run_tui(s, title=f"qdbg demo: {names['A']} vs {names['B']}")
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    """`qdbg A.gguf B.gguf --prompt ...`: the two models side by side in the TUI."""
+    paths = {"A": args.a, "B": args.b}
+    if args.ref:
+        paths["R"] = args.ref
+    s, names = _session_from_args(args, paths)
+    return _run_tui(s, title=f"qdbg {names['A']} vs {names['B']}", trace_path=args.trace)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -345,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_run)
 
+    p = sub.add_parser("tui", help="(the default) step A and B side by side: qdbg A.gguf B.gguf --prompt ...")
+    p.add_argument("a", metavar="A.gguf")
+    p.add_argument("b", metavar="B.gguf")
+    _add_prompt_args(p)
+    p.add_argument("--ref", metavar="R.gguf", help="a higher-precision reference (F16, Q8_0)")
+    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
+    p.add_argument("--break", dest="breaks", action="append", metavar="EXPR")
+    p.add_argument("--trace", metavar="FILE", help="where 'save trace' writes (default qdbg-trace.npz)")
+    p.set_defaults(fn=cmd_tui)
+
     p = sub.add_parser("report", help="write the Markdown study of a saved trace")
     p.add_argument("trace")
     p.add_argument("-o", "--output", metavar="FILE.md", help="write here instead of stdout")
@@ -357,9 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("demo", help="the built-in Q4_K_M vs Q5_K_M pair, no download needed")
+    p = sub.add_parser("demo", help="the built-in Q4_K_M vs Q5_K_M pair in the TUI, no download needed")
     p.add_argument("--prompt", help="another prompt for the demo model")
     p.add_argument("--break", dest="breaks", action="append", metavar="EXPR")
+    p.add_argument("--headless", action="store_true", help="run to the end and print, no TUI")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_demo)
 
@@ -383,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = build_parser()
+    # `qdbg A.gguf B.gguf ...` is short for `qdbg tui A.gguf B.gguf ...`
+    commands = set(ap._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    first = next((i for i, a in enumerate(argv) if a != "--debug"), None)
+    if first is not None and not argv[first].startswith("-") and argv[first] not in commands:
+        argv.insert(first, "tui")
     args = ap.parse_args(argv)
     if not getattr(args, "fn", None):
         ap.print_help()

@@ -287,6 +287,12 @@ def test_add_breakpoint_through_the_input(new_session):
         assert [bp.expr for bp in s.breakpoints] == ["rel_rms > 0.3"]
         assert app.query_one("#bp-input", Input).value == ""
         assert "#1 rel_rms > 0.3" in body_text(app, "#breakpoints")
+        # the keys go back to the debugger: `c` continues to the breakpoint, it is not typed
+        assert not isinstance(app.focused, Input)
+        await press(pilot, "c")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert s.current is not None and s.breakpoints.get(1).hits >= 1
     drive(app, script)
 
 

@@ -104,9 +104,11 @@ class BreakpointsPane(Vertical):
             self.post_message(ExpressionSubmitted(event.value))
 
     def accept(self) -> None:
-        """The app added the submitted condition: empty the input and the error."""
+        """The app added the submitted condition: empty the input and the error, and hand the keys
+        back to the debugger so the next `c` continues instead of being typed into the field."""
         self.query_one("#bp-input", Input).value = ""
         self.clear_error()
+        self.screen.set_focus(None)
 
     # -- list --------------------------------------------------------------------------------
     def _selected_id(self) -> int | None:
