@@ -86,10 +86,14 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
         self.refresh()
 
     def scroll_to_cursor(self) -> None:
-        """Scroll so the cursor's row and one row either side are visible."""
+        """Keep the cursor's row centred (clamped at the ends), like a debugger's source view.
+
+        Centring makes the scroll offset a function of the row alone; a minimal scroll would
+        depend on where earlier (possibly still pending) scrolls left the view.
+        """
         row = self._row_of.get(self.cursor)
         if row is not None:
-            self.scroll_to_region(Region(0, max(0, row - 1), 1, 3), animate=False, immediate=True)
+            self.scroll_to_region(Region(0, row, 1, 1), animate=False, immediate=True, center=True)
 
     def watch_hit(self) -> None:
         self.refresh()
