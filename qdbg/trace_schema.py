@@ -200,6 +200,8 @@ LPOS = {"pos": "nat", "a": "dict", "b": "dict", "top1_agree": "bool", "flip": "b
 LSIDE = {"top": "[dict]", "margin": "num?", "entropy": "num?"}
 LTOP = {"id": "nat", "piece": "str?", "logit": "num", "prob": "num?"}
 TENSOR = {"entry": "str", "shape": "[nat]", "dtype": "str"}
+# one element of a pairwise comparison: `top` entries, `max_rel_at`, `first_nonfinite`
+ELEM = {"index": "[nat]", "at": "{nat}", "a": "num", "b": "num", "abs_diff": "num", "rel_diff": "num?"}
 
 
 def _config_from(d: dict, where: str) -> Any:
@@ -237,8 +239,21 @@ def _check_metrics(r: dict, labels: list[str], where: str) -> None:
     for key, pm in {**r["pairs"], **(r.get("logits") or {})}.items():
         if key not in _PAIR_KEYS or any(s not in labels for s in key.split("~")):
             raise TraceError(f"manifest: {where} has metrics for unknown pair '{key}'")
+    for lab, st in r["stats"].items():
+        _fields(st, STATS, f"{where}.stats.{lab}", tuple(STATS))
     for key, pm in r["pairs"].items():
-        _fields(pm, PAIR, f"{where}.pairs.{key}")
+        w = f"{where}.pairs.{key}"
+        _fields(pm, PAIR, w, tuple(PAIR))
+        shape = pm["shape"]
+        elems = [(f"{w}.top[{j}]", e, ("index", "at", "a", "b", "abs_diff")) for j, e in enumerate(pm["top"])]
+        elems += [(f"{w}.{k}", pm[k], ("index", "at", "a", "b")) for k in ("max_rel_at", "first_nonfinite")
+                  if pm[k] is not None]
+        for ew, e, req in elems:
+            _fields(e, ELEM, ew, req)
+            if len(e["index"]) != len(shape) or any(i >= n for i, n in zip(e["index"], shape)):
+                raise TraceError(f"manifest: {ew}.index {e['index']} is outside the shape {shape}")
+            if len(e["at"]) != len(shape):
+                raise TraceError(f"manifest: {ew}.at names {len(e['at'])} axes, the shape has {len(shape)}")
     n_pos = {len(lg.get("positions") or []) for lg in (r.get("logits") or {}).values() if isinstance(lg, dict)}
     if len(n_pos) > 1:
         raise TraceError(f"manifest: {where}.logits compare different numbers of positions {sorted(n_pos)}")
