@@ -79,6 +79,17 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-special", action="store_true", help="tokenize special-token text as plain text")
 
 
+def _add_pair_args(p: argparse.ArgumentParser) -> None:
+    """What every two-model command takes: A, B, the prompt, an optional reference, mode, breakpoints."""
+    p.add_argument("a", metavar="A.gguf")
+    p.add_argument("b", metavar="B.gguf")
+    _add_prompt_args(p)
+    p.add_argument("--ref", metavar="R.gguf", help="a higher-precision reference (F16, Q8_0)")
+    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
+    p.add_argument("--break", dest="breaks", action="append", metavar="EXPR",
+                   help="breakpoint condition, e.g. 'rel_rms > 0.01' (repeatable)")
+
+
 def _print_json(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
 
@@ -340,13 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_tokenize)
 
     p = sub.add_parser("run", help="run two models in lockstep to the end, stopping at breakpoints")
-    p.add_argument("a", metavar="A.gguf")
-    p.add_argument("b", metavar="B.gguf")
-    _add_prompt_args(p)
-    p.add_argument("--ref", metavar="R.gguf", help="a higher-precision reference (F16, Q8_0)")
-    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
-    p.add_argument("--break", dest="breaks", action="append", metavar="EXPR",
-                   help="breakpoint condition, e.g. 'rel_rms > 0.01' (repeatable)")
+    _add_pair_args(p)
     p.add_argument("--gen", type=int, default=0, metavar="N", help="decode N more tokens after the prompt")
     p.add_argument("--driver", choices=("a", "b", "text"), default="a",
                    help="what picks decoded tokens: A's argmax, B's argmax, or --text")
@@ -358,12 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("tui", help="(the default) step A and B side by side: qdbg A.gguf B.gguf --prompt ...")
-    p.add_argument("a", metavar="A.gguf")
-    p.add_argument("b", metavar="B.gguf")
-    _add_prompt_args(p)
-    p.add_argument("--ref", metavar="R.gguf", help="a higher-precision reference (F16, Q8_0)")
-    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
-    p.add_argument("--break", dest="breaks", action="append", metavar="EXPR")
+    _add_pair_args(p)
     p.add_argument("--trace", metavar="FILE", help="where 'save trace' writes (default qdbg-trace.npz)")
     p.set_defaults(fn=cmd_tui)
 
