@@ -246,13 +246,26 @@ class Session:
             return [rec.positions[-1]]
         return [int(self._scope)]
 
+    def _inputs_of(self, rec: Record) -> dict[str, Record]:
+        """The records `rec` read, found by walking back through its own pass (inputs come earlier
+        in the same pass, usually within one layer), not by indexing the whole history."""
+        want, found = set(rec.inputs), {}
+        i = min(rec.index, len(self.history)) - 1
+        while want and i >= 0 and self.history[i].step == rec.step:
+            r = self.history[i]
+            if r.name in want:
+                found[r.name] = r
+                want.discard(r.name)
+            i -= 1
+        return found
+
     def _measure(self, rec: Record) -> None:
         vals = {lab: self._scope_slice(rec, v) for lab, v in rec.values.items()}
         rec.stats, rec.pairs, rec.logits = {}, {}, None
         if any(v is None for v in vals.values()):
             return
         rec.stats = {lab: metrics.tensor_stats(v) for lab, v in vals.items()}
-        prev = {r.name: r for r in self.history if r.step == rec.step} if rec.inputs else {}
+        prev = self._inputs_of(rec)
         for x, y in PAIRS:
             if x in vals and y in vals:
                 key = f"{x}~{y}"
