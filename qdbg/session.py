@@ -246,6 +246,11 @@ class Session:
             return [rec.positions[-1]]
         return [int(self._scope)]
 
+    def scoped(self, rec: Record, side: str) -> np.ndarray | None:
+        """One side's value of `rec` cut to the current scope (None if the scope misses it)."""
+        v = rec.values.get(side)
+        return None if v is None else self._scope_slice(rec, v)
+
     def _inputs_of(self, rec: Record) -> dict[str, Record]:
         """The records `rec` read, found by walking back through its own pass (inputs come earlier
         in the same pass, usually within one layer), not by indexing the whole history."""

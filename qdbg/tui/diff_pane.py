@@ -34,7 +34,7 @@ def scoped_values(session: Any, rec: Any) -> tuple[Any, Any] | None:
     """(A, B) values restricted to the session's scope, or None when they are not available."""
     if "A" not in rec.values or "B" not in rec.values:
         return None
-    a, b = session._scope_slice(rec, rec.values["A"]), session._scope_slice(rec, rec.values["B"])
+    a, b = session.scoped(rec, "A"), session.scoped(rec, "B")
     return None if a is None or b is None else (a, b)
 
 
