@@ -23,7 +23,7 @@ from textual.widgets import Input, Static  # noqa: E402
 
 from qdbg.tui.app import QdbgApp, make_app  # noqa: E402
 from qdbg.tui.breakpoints_pane import BreakpointsPane  # noqa: E402
-from qdbg.tui.commands import QdbgCommands  # noqa: E402
+from qdbg.tui.commands import palette_name, QdbgCommands  # noqa: E402
 from qdbg.tui.confirm import ConfirmScreen  # noqa: E402
 from qdbg.tui.header import SessionHeader  # noqa: E402
 from qdbg.tui.help_screen import HelpScreen  # noqa: E402
@@ -468,7 +468,7 @@ def test_help_screen_and_command_palette(new_session):
         assert not isinstance(app.screen, HelpScreen)
         hits = [h async for h in QdbgCommands(app.screen).discover()]
         names = {h.text for h in hits}
-        assert {b.description for b in QdbgApp.COMMAND_BINDINGS} <= names
+        assert {palette_name(b) for b in QdbgApp.COMMAND_BINDINGS} <= names
         step = next(h for h in hits if h.text == "step")
         assert "key s" in step.help
         cont = next(h for h in hits if h.text == "continue")
@@ -565,3 +565,24 @@ def test_find_op_searches_forward_then_wraps(new_session):
     assert find_op(h, 20, "ffn_up-0", wrap=True).name == "ffn_up-0"
     assert find_op(h, -1, "1", wrap=False).name == "attn_norm-1"
     assert find_op(h, -1, "*_soft_max-?", wrap=False).name == "kq_soft_max-0"
+
+
+def test_decode_and_restart_keys(new_session):
+    s = new_session()
+    app = make_app(s)
+
+    async def script(pilot):
+        await press(pilot, "s", "s")                 # mid-pass: d finishes it, then steps into the next
+        await press(pilot, "d")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert s.current.name == "inp_embd" and s.current.step == 1
+        assert len(s.tokens) == len(s.prompt) + 1
+        outs = [r for r in s.history if r.name == "result_output"]
+        assert s.tokens[-1] == int(outs[0].values["A"][-1].argmax())
+        await press(pilot, "R")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        assert s.current.name == "inp_embd" and s.current.step == 0 and len(s.history) == 1
+        assert s.tokens == s.prompt
+    drive(app, script)

@@ -36,6 +36,18 @@ def run_verb(session: Any, verb: str, arg: Any, should_stop: Callable[[], bool])
         return None
     if verb in ("next_layer", "cont", "run_to_end"):
         return getattr(session, verb)(should_stop=should_stop)
+    if verb == "decode":
+        # one more token chosen by A's argmax: finish the pass under way, then step into the new one
+        session.decode(1, "a")
+        while not (session.current is not None and session.current.name == "result_output"
+                   and session.cursor == len(session.history) - 1):
+            st = session.step()
+            if st.reason == "end" or should_stop():
+                return st
+        return session.step()
+    if verb == "restart":
+        session.restart()
+        return session.step()
     raise ValueError(f"unknown verb {verb!r}")
 
 

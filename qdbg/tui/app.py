@@ -86,7 +86,8 @@ class QdbgApp(App[None]):
                 with Horizontal(id="bottom-row"):
                     yield LogitsPane(id="logits")
                     yield BreakpointsPane(id="breakpoints")
-        yield Footer(compact=True)
+        # every binding fits in 120 columns; ctrl+p still opens the palette (listed in `?` help)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         for wid, title in (("#timeline-pane", "ops  (rel_rms A~B)"), ("#stats", "stats"), ("#diff", "diff A~B"),
@@ -248,6 +249,14 @@ class QdbgApp(App[None]):
     def action_run_to_end(self) -> None:
         if self._can_act():
             self._start("run_to_end")
+
+    def action_decode(self) -> None:
+        if self._can_act():
+            self._start("decode")
+
+    def action_restart(self) -> None:
+        if self._can_act():
+            self._start("restart")
 
     def action_interrupt(self) -> None:
         if self.busy:

@@ -19,7 +19,8 @@ class QdbgCommands(Provider):
                 keys.setdefault(ab.binding.id, app.get_key_display(ab.binding))
         for b in getattr(app, "COMMAND_BINDINGS", ()):
             key = keys.get(b.id, b.key.split(",")[0])
-            yield (f"{b.description}", partial(app.run_action, b.action), f"key {key} · {b.tooltip or b.id}")
+            # the palette names actions in full (the footer's labels are abbreviated to fit)
+            yield (palette_name(b), partial(app.run_action, b.action), f"key {key} · {b.tooltip or b.id}")
 
     async def discover(self) -> Hits:
         for name, run, help_text in self._commands():
@@ -31,3 +32,8 @@ class QdbgCommands(Provider):
             score = matcher.match(name)
             if score > 0:
                 yield Hit(score, matcher.highlight(name), run, help=help_text)
+
+
+def palette_name(binding) -> str:
+    """An action's full name for the palette and help: its binding id in words ('next layer')."""
+    return (binding.id or binding.action).replace("_", " ")

@@ -9,19 +9,22 @@ BINDINGS = [
     Binding("s,n,right", "step", "step", id="step", tooltip="one op forward, computing it if needed"),
     Binding("b,left", "back", "back", id="back", tooltip="one op back through history"),
     Binding("l", "next_layer", "layer", id="next_layer", tooltip="run to the next layer's first op"),
-    Binding("c", "cont", "continue", id="continue", tooltip="run to a breakpoint or the end"),
+    Binding("c", "cont", "cont", id="continue", tooltip="run to a breakpoint or the end"),
     Binding("e", "run_to_end", "end", id="run_to_end", tooltip="run to the end, ignoring breakpoints"),
     Binding("t", "toggle_breakpoint", "bp", id="toggle_breakpoint", tooltip="breakpoint on this op, on/off"),
     Binding("a", "add_condition", "cond", id="add_condition", tooltip="add a conditional breakpoint"),
+    Binding("d", "decode", "dec", id="decode",
+            tooltip="feed one more token (A's argmax) to every side and step into its pass"),
+    Binding("R", "restart", "reset", id="restart", tooltip="back to before the first op"),
     Binding("o", "scope", "scope", id="scope", tooltip="metrics over the last token, all, or one position"),
     Binding("slash", "goto", "go to", id="goto", tooltip="go to an op by name, glob or layer"),
     Binding("w", "save_trace", "save", id="save_trace", tooltip="save the session as a trace"),
-    Binding("r", "export_report", "report", id="export_report", tooltip="write the markdown report"),
+    Binding("r", "export_report", "rep", id="export_report", tooltip="write the markdown report"),
     Binding("question_mark", "help", "help", id="help", tooltip="keys and breakpoint conditions"),
     Binding("escape", "interrupt", "stop", id="interrupt", tooltip="interrupt a running verb"),
     Binding("q", "quit", "quit", id="quit", tooltip="quit qdbg"),
 ]
 
 VERB_LABELS = {"step": "step", "next_layer": "next layer", "cont": "continue", "run_to_end": "run to end",
-               "run_to": "go to", "set_scope": "scope"}
+               "run_to": "go to", "set_scope": "scope", "decode": "decode", "restart": "restart"}
 """What the status line calls each verb run in a worker."""
