@@ -418,6 +418,7 @@ class QdbgApp(App[None]):
                 keys.setdefault(ab.binding.id, []).append(self.get_key_display(ab.binding))
         rows = [(" ".join(keys.get(b.id, [b.key])), b.tooltip or b.description, b.id or "")
                 for b in self.COMMAND_BINDINGS]
+        rows.append(("ctrl+p", "command palette: every action by name", ""))
         self.push_screen(HelpScreen(rows))
 
 
