@@ -70,6 +70,10 @@ class Model:
             self.gguf.metadata, {n: t.shape for n, t in self.gguf.tensors.items()}, where
         )
         self.cache = WeightCache(cache_bytes)
+        # matrices are held as exact float64 copies when all of them fit the budget that way (no
+        # conversion per product); otherwise as float32, so twice the model fits before eviction
+        n_matrix = sum(t.n_elements for t in self.gguf.tensors.values() if len(t.shape) == 2)
+        self.matrices_f64 = 8 * n_matrix <= cache_bytes
         self._tokenizer: Any = None
 
     # -- identity -------------------------------------------------------------------------
@@ -128,9 +132,8 @@ class Model:
         except Exception as e:  # a kernel choking on bytes we validated is still our error
             raise GGUFError(f"{self.path.name}: cannot dequantize '{name}' ({info.qtype.name}): {e}") from e
         values = np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
-        if values.ndim == 2:
-            # matrices are only ever used in float64 products: keep the (exact) float64 copy
-            values = values.astype(np.float64)
+        if values.ndim == 2 and self.matrices_f64:
+            values = values.astype(np.float64)  # exact; every matrix product runs in float64
         values.flags.writeable = False
         w = Weight(name=name, qtype=info.qtype, values=values, raw=raw)
         self.cache.put(w)

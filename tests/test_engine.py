@@ -185,3 +185,14 @@ def test_unknown_architecture_and_bad_shapes(tmp_path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(GGUFError, match="missing tensor 'output_norm.weight'"):
         Model(p2)
+
+
+def test_matrix_cache_precision_adapts_to_the_budget(synth_model):
+    """Matrices are cached as float64 when they all fit the budget that way, else as float32;
+    the numbers do not change either way."""
+    path = synth_model("llama", "Q4_K_M")
+    big, small = Model(path), Model(path, cache_bytes=1 << 20)
+    assert big.matrices_f64 and not small.matrices_f64
+    assert big.weight("blk.0.ffn_up.weight").values.dtype == np.float64
+    assert small.weight("blk.0.ffn_up.weight").values.dtype == np.float32
+    np.testing.assert_array_equal(Engine(big).logits(TOKENS), Engine(small).logits(TOKENS))
