@@ -49,7 +49,7 @@ def test_all_goldens_present() -> None:
 def test_manifest_complete(golden: Golden) -> None:
     m = golden.manifest
     assert MANIFEST_KEYS <= set(m), MANIFEST_KEYS - set(m)
-    assert golden.path.stem == f"{golden.arch}-{golden.ftype}"
+    assert golden.path.stem == f"{golden.manifest.get('case', golden.arch)}-{golden.ftype}"
     assert m["spec"]["arch"] == golden.arch
     assert m["settings"]["flash_attn"] == "disabled" and m["settings"]["kv_type"] == "f16"
     assert len(m["steps"]) == m["n_decode"] + 1 == len(m["n_kv"])

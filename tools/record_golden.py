@@ -42,6 +42,9 @@ N_THREADS = 1
 FORMAT_VERSION = 1
 # gemma3: a 4-token window so the 10 recorded positions exercise the sliding-window mask
 SPEC_OVERRIDES = {"gemma3": {"sliding_window": 4}}
+# extra cases beyond one per arch: (arch, spec overrides). llama_odd has rows of 320 and 640, so
+# Q4_K_M falls back to Q5_0/Q5_1/Q8_0 per tensor, as it does in real files such as SmolLM2 (576)
+CASES = {"llama_odd": ("llama", {"n_embd": 320, "n_head": 5, "n_head_kv": 1, "n_ff": 640})}
 
 
 def gguf_digest(path: Path) -> dict[str, Any]:
@@ -88,8 +91,10 @@ def _by_key(nodes: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return next((n for n in nodes if n["key"] == key), {})
 
 
-def record_one(spec: SynthSpec, ftype: str, f32_path: Path, work: Path) -> dict[str, Any]:
-    """Quantize with llama.cpp, record, and write OUT_DIR/<arch>-<ftype>.npz; returns a summary."""
+def record_one(spec: SynthSpec, ftype: str, f32_path: Path, work: Path, case: str | None = None) -> dict[str, Any]:
+    """Quantize with llama.cpp, record, and write OUT_DIR/<case>-<ftype>.npz (case defaults to the
+    arch); returns a summary."""
+    case = case or spec.arch
     qpath = work / f"{spec.arch}-{ftype}.gguf"
     # llama.cpp's legacy ftypes are mixes (output.weight gets Q6_K); qdbg.synth calls them MOSTLY_*
     oracle.quantize(str(f32_path), str(qpath), ftype.removeprefix("MOSTLY_"))
@@ -102,7 +107,7 @@ def record_one(spec: SynthSpec, ftype: str, f32_path: Path, work: Path) -> dict[
         steps.append(entry)
         n_alias += a
     manifest = {
-        "format": FORMAT_VERSION, "arch": spec.arch, "ftype": ftype, "spec": spec.to_dict(),
+        "format": FORMAT_VERSION, "arch": spec.arch, "case": case, "ftype": ftype, "spec": spec.to_dict(),
         "llama_cpp_version": rec["llama_cpp_version"],
         "settings": {"n_ctx": N_CTX, "n_threads": N_THREADS, "flash_attn": "disabled",
                      "kv_type": "f16", "n_gpu_layers": 0, "extra_bufts": True,
@@ -117,7 +122,7 @@ def record_one(spec: SynthSpec, ftype: str, f32_path: Path, work: Path) -> dict[
         "steps": steps,
     }
     arrays["manifest"] = np.array(json.dumps(manifest, separators=(",", ":")))
-    out = OUT_DIR / f"{spec.arch}-{ftype}.npz"
+    out = OUT_DIR / f"{case}-{ftype}.npz"
     np.savez_compressed(out, **arrays)
     repack = sorted({w["buffer"] for w in rec["weights"].values()})
     return {"file": out.name, "bytes": out.stat().st_size, "tokens": rec["tokens"],
@@ -129,15 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", nargs="*", default=list(ARCHS))
     ap.add_argument("--ftype", nargs="*", default=list(FTYPES))
+    ap.add_argument("--case", nargs="*", default=[], choices=sorted(CASES),
+                    help="record these extra cases (instead of --arch)")
     args = ap.parse_args(argv)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     total = 0
-    for arch in args.arch:
-        spec = SynthSpec(arch=arch, **SPEC_OVERRIDES.get(arch, {}))
+    jobs = [(c, CASES[c][0], CASES[c][1]) for c in args.case] or [
+        (arch, arch, SPEC_OVERRIDES.get(arch, {})) for arch in args.arch]
+    for case, arch, overrides in jobs:
+        spec = SynthSpec(arch=arch, **overrides)
         with tempfile.TemporaryDirectory(prefix="qdbg-golden-") as tmp:
             f32 = write_gguf(spec, Path(tmp) / f"{arch}-F32.gguf", "F32")
             for ftype in args.ftype:
-                s = record_one(spec, ftype, f32, Path(tmp))
+                s = record_one(spec, ftype, f32, Path(tmp), case)
                 total += s["bytes"]
                 print(json.dumps(s), flush=True)
     print(f"total {total} bytes")
