@@ -115,6 +115,12 @@ class Engine:
         def vec(tensor: str) -> np.ndarray:
             return self.weight(tensor).values
 
+        def norm(name: str, layer: int | None, src: str, weight: str, x: np.ndarray | None = None,
+                 axes: tuple[str, ...] = TOK_CH) -> OpResult:
+            """build_norm: RMS norm of `src` (or its reshape `x`) times `weight`, llama.cpp's MUL node."""
+            val = ops.rms_norm(env[src] if x is None else x, vec(weight), cfg.rms_eps)
+            return emit(name, "norm", layer, val, axes, (src,), weight, (name, "MUL"))
+
         # --- embeddings ------------------------------------------------------------------
         emb = self.weight("token_embd.weight")
         yield emit("inp_embd", "embed", None, ops.get_rows(emb.values, ids), TOK_CH,
@@ -131,9 +137,7 @@ class Engine:
             b = f"blk.{il}."
             L = lambda s: f"{s}-{il}"  # noqa: E731 - llama.cpp's "name-layer"
             inp = cur
-            yield emit(L("attn_norm"), "norm", il,
-                       ops.rms_norm(env[inp], vec(b + "attn_norm.weight"), cfg.rms_eps),
-                       TOK_CH, (inp,), b + "attn_norm.weight", (L("attn_norm"), "MUL"))
+            yield norm(L("attn_norm"), il, inp, b + "attn_norm.weight")
             x = L("attn_norm")
             for p in ("q", "k", "v"):
                 nm = L(f"{p.upper()}cur")
@@ -149,9 +153,7 @@ class Engine:
                 src = L(f"{p}cur")
                 h = env[src].reshape(n_tok, heads[p], hd)  # [n_tok, n_head*hd] -> [n_tok, n_head, hd]
                 if cfg.qk_norm:
-                    wn = b + f"attn_{p.lower()}_norm.weight"
-                    yield emit(L(f"{p}cur_normed"), "norm", il, ops.rms_norm(h, vec(wn), cfg.rms_eps),
-                               TOK_HEAD, (src,), wn, (L(f"{p}cur_normed"), "MUL"))
+                    yield norm(L(f"{p}cur_normed"), il, src, b + f"attn_{p.lower()}_norm.weight", h, TOK_HEAD)
                     src = L(f"{p}cur_normed")
                     h = env[src]
                 base, fscale = cfg.rope_params(il)
@@ -186,17 +188,12 @@ class Engine:
                        (L("attn_out") if cfg.arch == "llama" else None, "MUL_MAT"))
             att = L("attn_out")
             if cfg.post_norms:
-                wn = b + "post_attention_norm.weight"
-                yield emit(L("attn_post_norm"), "norm", il,
-                           ops.rms_norm(env[att], vec(wn), cfg.rms_eps), TOK_CH, (att,), wn,
-                           (L("attn_post_norm"), "MUL"))
+                yield norm(L("attn_post_norm"), il, att, b + "post_attention_norm.weight")
                 att = L("attn_post_norm")
             res_name = L("sa_out") if cfg.post_norms else L("ffn_inp")
             yield emit(res_name, "residual", il, ops.add(env[att], env[inp]), TOK_CH, (att, inp),
                        ggml=(res_name, "ADD"))
-            wn = b + "ffn_norm.weight"
-            yield emit(L("ffn_norm"), "norm", il, ops.rms_norm(env[res_name], vec(wn), cfg.rms_eps),
-                       TOK_CH, (res_name,), wn, (L("ffn_norm"), "MUL"))
+            yield norm(L("ffn_norm"), il, res_name, b + "ffn_norm.weight")
             x = L("ffn_norm")
             for p in ("gate", "up"):  # graph order: swiglu(gate, up) visits gate first
                 wt = b + f"ffn_{p}.weight"
@@ -212,10 +209,7 @@ class Engine:
                        (L("ffn_out"), "MUL_MAT"))
             ffo = L("ffn_out")
             if cfg.post_norms:
-                wn = b + "post_ffw_norm.weight"
-                yield emit(L("ffn_post_norm"), "norm", il,
-                           ops.rms_norm(env[ffo], vec(wn), cfg.rms_eps), TOK_CH, (ffo,), wn,
-                           (L("ffn_post_norm"), "MUL"))
+                yield norm(L("ffn_post_norm"), il, ffo, b + "post_ffw_norm.weight")
                 ffo = L("ffn_post_norm")
             yield emit(L("l_out"), "residual", il, ops.add(env[ffo], env[res_name]), TOK_CH,
                        (ffo, res_name), ggml=(L("l_out"), "ADD"))
@@ -224,9 +218,7 @@ class Engine:
             for k in [k for k in env if k.endswith(f"-{il}") and k != cur]:
                 del env[k]
 
-        yield emit("result_norm", "norm", None,
-                   ops.rms_norm(env[cur], vec("output_norm.weight"), cfg.rms_eps), TOK_CH,
-                   (cur,), "output_norm.weight", ("result_norm", "MUL"))
+        yield norm("result_norm", None, cur, "output_norm.weight")
         out_w = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
         logits = mm(env["result_norm"], out_w)
         if cfg.final_logit_softcap:
