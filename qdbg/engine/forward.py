@@ -149,6 +149,7 @@ class Engine:
                 yield emit(nm, "matmul", il, y, TOK_CH, (x,), b + f"attn_{p}.weight", (nm, op))
             heads = {"Q": nh, "K": nkv}
             roped = {}
+            cos, sin = ops.rope_cache(pos, cfg.n_rot, *cfg.rope_params(il))  # shared by Q and K
             for p in ("Q", "K"):
                 src = L(f"{p}cur")
                 h = env[src].reshape(n_tok, heads[p], hd)  # [n_tok, n_head*hd] -> [n_tok, n_head, hd]
@@ -156,8 +157,6 @@ class Engine:
                     yield norm(L(f"{p}cur_normed"), il, src, b + f"attn_{p.lower()}_norm.weight", h, TOK_HEAD)
                     src = L(f"{p}cur_normed")
                     h = env[src]
-                base, fscale = cfg.rope_params(il)
-                cos, sin = ops.rope_cache(pos, cfg.n_rot, base, fscale)
                 yield emit(L(f"{p}cur_rope"), "rope", il,
                            ops.rope(h, cos, sin, cfg.n_rot, cfg.rope_type == "neox"),
                            TOK_HEAD, (src,), ggml=(L(f"{p}cur"), "ROPE"))
