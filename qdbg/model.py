@@ -75,6 +75,7 @@ class Model:
         n_matrix = sum(t.n_elements for t in self.gguf.tensors.values() if len(t.shape) == 2)
         self.matrices_f64 = 8 * n_matrix <= cache_bytes
         self._tokenizer: Any = None
+        self._weights: dict[str, Weight] = {}
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -117,10 +118,20 @@ class Model:
         return info
 
     def weight(self, name: str) -> Weight:
+        """The weight `name`: its raw bytes now, its dequantized values when first asked for."""
+        w = self._weights.get(name)
+        if w is None:
+            info = self._info(name)
+            w = Weight(name, info.qtype, raw=self.gguf.raw(name), shape=tuple(info.shape),
+                       load=lambda: self.values(name))
+            self._weights[name] = w
+        return w
+
+    def values(self, name: str) -> np.ndarray:
         """The dequantized weight `name` (float32, numpy order), from the cache when possible."""
         w = self.cache.get(name)
         if w is not None:
-            return w
+            return w.values
         from qdbg.quant import dequantize
 
         info = self._info(name)
@@ -135,9 +146,8 @@ class Model:
         if values.ndim == 2 and self.matrices_f64:
             values = values.astype(np.float64)  # exact; every matrix product runs in float64
         values.flags.writeable = False
-        w = Weight(name=name, qtype=info.qtype, values=values, raw=raw)
-        self.cache.put(w)
-        return w
+        self.cache.put(Weight(name=name, qtype=info.qtype, values=values, raw=raw))
+        return values
 
     # -- tokenizer ------------------------------------------------------------------------
     @property

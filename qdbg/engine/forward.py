@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from qdbg.engine import ops
-from qdbg.engine.matmul import MODES, attn_scores, attn_values, matmul
 from qdbg.engine.result import OpResult
 from qdbg.engine.weights import Weight
 from qdbg.errors import QdbgError, UsageError
+from qdbg.numerics import DEFAULT_MODE, Numerics, RunSettings, make_numerics
 
 Override = Union[np.ndarray, Callable[[OpResult], "np.ndarray | None"]]
 
@@ -37,15 +37,15 @@ class Engine:
     def __init__(
         self,
         model: Any,
-        mode: str = "ggml",
+        mode: "str | Numerics" = DEFAULT_MODE,
         overrides: Mapping[str, Override] | Callable[[OpResult], "np.ndarray | None"] | None = None,
         weight_overrides: Mapping[str, Weight] | None = None,
+        settings: RunSettings | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise UsageError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
         self.model = model
         self.cfg = model.config
-        self.mode = mode
+        self.numerics = make_numerics(mode, settings)
+        self.mode = self.numerics.name
         # a mapping applies per op name; a bare callable is asked about every op
         self.hook = overrides if callable(overrides) else None
         self.overrides: dict[str, Override] = {} if callable(overrides) else dict(overrides or {})
@@ -67,19 +67,37 @@ class Engine:
         w = self.weight_overrides.get(name)
         return w if w is not None else self.model.weight(name)
 
+    @property
+    def settings(self) -> RunSettings:
+        return self.numerics.settings
+
+    def ubatches(self, tokens: Sequence[int]) -> list[list[int]]:
+        """Split a prompt into llama.cpp's micro-batches of at most n_ubatch tokens."""
+        n = self.settings.n_ubatch
+        toks = [int(t) for t in tokens]
+        return [toks[i:i + n] for i in range(0, len(toks), n)]
+
     def forward(self, tokens: Sequence[int]) -> Iterator[OpResult]:
-        """Process `tokens` as one batch at the next positions; yield every sub-op's result.
+        """Process `tokens` as one micro-batch (one llama.cpp graph) at the next positions; yield
+        every sub-op's result. More tokens than n_ubatch is an error: split with `ubatches()`.
 
         The last result is `result_output`, the logits [n_tok, n_vocab].
         """
         cfg = self.cfg
+        nx = self.numerics
+        if len(tokens) > self.settings.n_ubatch:
+            raise UsageError(f"{len(tokens)} tokens in one pass, more than the micro-batch size "
+                             f"{self.settings.n_ubatch}: split them with ubatches()")
         ids = np.asarray(list(tokens), dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0:
             raise UsageError("forward needs at least one token")
         if ids.min() < 0 or ids.max() >= cfg.n_vocab:
             bad = int(ids[(ids < 0) | (ids >= cfg.n_vocab)][0])
             raise UsageError(f"token id {bad} is outside the vocabulary (0..{cfg.n_vocab - 1})")
-        n_tok, n_past, mode = ids.size, self.n_past, self.mode
+        n_tok, n_past = ids.size, self.n_past
+        if n_past + n_tok > self.settings.n_ctx_padded:
+            raise UsageError(f"{n_past + n_tok} tokens do not fit the context of {self.settings.n_ctx} "
+                             f"(--ctx-size)")
         pos = np.arange(n_past, n_past + n_tok, dtype=np.int64)
         kv_pos = np.arange(0, n_past + n_tok, dtype=np.int64)
         step = self.n_steps
@@ -110,7 +128,7 @@ class Engine:
             return res
 
         def mm(x: np.ndarray, tensor: str) -> np.ndarray:
-            return matmul(x, self.weight(tensor), mode)
+            return nx.matmul(x, self.weight(tensor))
 
         def vec(tensor: str) -> np.ndarray:
             return self.weight(tensor).values
@@ -118,17 +136,17 @@ class Engine:
         def norm(name: str, layer: int | None, src: str, weight: str, x: np.ndarray | None = None,
                  axes: tuple[str, ...] = TOK_CH) -> OpResult:
             """build_norm: RMS norm of `src` (or its reshape `x`) times `weight`, llama.cpp's MUL node."""
-            val = ops.rms_norm(env[src] if x is None else x, vec(weight), cfg.rms_eps)
+            val = nx.rms_norm(env[src] if x is None else x, vec(weight), cfg.rms_eps)
             return emit(name, "norm", layer, val, axes, (src,), weight, (name, "MUL"))
 
         # --- embeddings ------------------------------------------------------------------
         emb = self.weight("token_embd.weight")
-        yield emit("inp_embd", "embed", None, ops.get_rows(emb.values, ids), TOK_CH,
+        yield emit("inp_embd", "embed", None, nx.get_rows(emb, ids), TOK_CH,
                    weight="token_embd.weight", ggml=("embd", "GET_ROWS"))
         cur = "inp_embd"
         if cfg.embd_scale:
             yield emit("inp_scaled", "scale", None,
-                       ops.scale(env[cur], ops.f32(cfg.embd_scale)), TOK_CH, (cur,),
+                       nx.scale(env[cur], cfg.embd_scale), TOK_CH, (cur,),
                        ggml=("inp_scaled", "SCALE"))
             cur = "inp_scaled"
 
@@ -144,12 +162,12 @@ class Engine:
                 y = mm(env[x], b + f"attn_{p}.weight")
                 op = "MUL_MAT"
                 if cfg.qkv_bias:
-                    y = ops.add(y, vec(b + f"attn_{p}.bias"))
+                    y = nx.add(y, vec(b + f"attn_{p}.bias"))
                     op = "ADD"
                 yield emit(nm, "matmul", il, y, TOK_CH, (x,), b + f"attn_{p}.weight", (nm, op))
             heads = {"Q": nh, "K": nkv}
             roped = {}
-            cos, sin = ops.rope_cache(pos, cfg.n_rot, *cfg.rope_params(il))  # shared by Q and K
+            rope_cache = nx.rope_cache(pos, cfg.n_rot, *cfg.rope_params(il))  # shared by Q and K
             for p in ("Q", "K"):
                 src = L(f"{p}cur")
                 h = env[src].reshape(n_tok, heads[p], hd)  # [n_tok, n_head*hd] -> [n_tok, n_head, hd]
@@ -158,29 +176,32 @@ class Engine:
                     src = L(f"{p}cur_normed")
                     h = env[src]
                 yield emit(L(f"{p}cur_rope"), "rope", il,
-                           ops.rope(h, cos, sin, cfg.n_rot, cfg.rope_type == "neox"),
+                           nx.rope(h, rope_cache, cfg.n_rot, cfg.rope_type == "neox"),
                            TOK_HEAD, (src,), ggml=(L(f"{p}cur"), "ROPE"))
                 roped[p] = L(f"{p}cur_rope")
             # the KV cache holds K after RoPE and V; llama.cpp's cache is F16
-            k_new = env[roped["K"]]
-            v_new = env[L("Vcur")].reshape(n_tok, nkv, hd)
-            if mode == "ggml":
-                k_new, v_new = ops.to_f16(k_new), ops.to_f16(v_new)
+            k_new = nx.kv_store(env[roped["K"]])
+            v_new = nx.kv_store(env[L("Vcur")].reshape(n_tok, nkv, hd))
             k_all = np.concatenate([self.k_cache[il], k_new]) if il < len(self.k_cache) else k_new
             v_all = np.concatenate([self.v_cache[il], v_new]) if il < len(self.v_cache) else v_new
             new_k.append(k_all)
             new_v.append(v_all)
             q = env[roped["Q"]]
             if cfg.q_scale != 1.0:
-                q = ops.scale(q, ops.f32(cfg.q_scale))
-            yield emit(L("kq"), "scores", il, attn_scores(q, k_all, mode), SCORES,
-                       (roped["Q"], roped["K"]), ggml=(L("kq"), "MUL_MAT"))
+                q = nx.scale(q, cfg.q_scale)
             mask = ops.causal_mask(pos, kv_pos, cfg.n_swa if cfg.is_swa(il) else 0)
-            yield emit(L("kq_soft_max"), "softmax", il,
-                       ops.softmax_ext(env[L("kq")], mask, cfg.softmax_scale), SCORES,
-                       (L("kq"),), ggml=(L("kq_soft_max"), "SOFT_MAX"))
-            yield emit(L("kqv_out"), "attn", il, attn_values(env[L("kq_soft_max")], v_all, mode),
-                       TOK_CH, (L("kq_soft_max"), L("Vcur")), ggml=(L("kqv_out"), "CONT"))
+            if self.settings.flash_attn:
+                yield emit(L("kqv_out"), "attn", il,
+                           nx.flash_attn(q, k_all, v_all, mask, cfg.softmax_scale), TOK_CH,
+                           (roped["Q"], roped["K"], L("Vcur")), ggml=(L("kqv_out"), "FLASH_ATTN_EXT"))
+            else:
+                yield emit(L("kq"), "scores", il, nx.attn_scores(q, k_all), SCORES,
+                           (roped["Q"], roped["K"]), ggml=(L("kq"), "MUL_MAT"))
+                yield emit(L("kq_soft_max"), "softmax", il,
+                           nx.softmax(env[L("kq")], mask, cfg.softmax_scale), SCORES,
+                           (L("kq"),), ggml=(L("kq_soft_max"), "SOFT_MAX"))
+                yield emit(L("kqv_out"), "attn", il, nx.attn_values(env[L("kq_soft_max")], v_all),
+                           TOK_CH, (L("kq_soft_max"), L("Vcur")), ggml=(L("kqv_out"), "CONT"))
             wo = b + "attn_output.weight"
             yield emit(L("attn_out"), "matmul", il, mm(env[L("kqv_out")], wo), TOK_CH,
                        (L("kqv_out"),), wo,
@@ -190,7 +211,7 @@ class Engine:
                 yield norm(L("attn_post_norm"), il, att, b + "post_attention_norm.weight")
                 att = L("attn_post_norm")
             res_name = L("sa_out") if cfg.post_norms else L("ffn_inp")
-            yield emit(res_name, "residual", il, ops.add(env[att], env[inp]), TOK_CH, (att, inp),
+            yield emit(res_name, "residual", il, nx.add(env[att], env[inp]), TOK_CH, (att, inp),
                        ggml=(res_name, "ADD"))
             yield norm(L("ffn_norm"), il, res_name, b + "ffn_norm.weight")
             x = L("ffn_norm")
@@ -199,9 +220,9 @@ class Engine:
                 yield emit(L(f"ffn_{p}"), "matmul", il, mm(env[x], wt), TOK_CH, (x,), wt,
                            (L(f"ffn_{p}"), "MUL_MAT"))
             if cfg.ffn_act == "gelu":
-                act, val = L("ffn_geglu"), ops.geglu(env[L("ffn_gate")], env[L("ffn_up")], mode == "f32")
+                act, val = L("ffn_geglu"), nx.geglu(env[L("ffn_gate")], env[L("ffn_up")])
             else:
-                act, val = L("ffn_swiglu"), ops.swiglu(env[L("ffn_gate")], env[L("ffn_up")])
+                act, val = L("ffn_swiglu"), nx.swiglu(env[L("ffn_gate")], env[L("ffn_up")])
             yield emit(act, "act", il, val, TOK_CH, (L("ffn_gate"), L("ffn_up")), ggml=(act, "GLU"))
             wd = b + "ffn_down.weight"
             yield emit(L("ffn_out"), "matmul", il, mm(env[act], wd), TOK_CH, (act,), wd,
@@ -210,7 +231,7 @@ class Engine:
             if cfg.post_norms:
                 yield norm(L("ffn_post_norm"), il, ffo, b + "post_ffw_norm.weight")
                 ffo = L("ffn_post_norm")
-            yield emit(L("l_out"), "residual", il, ops.add(env[ffo], env[res_name]), TOK_CH,
+            yield emit(L("l_out"), "residual", il, nx.add(env[ffo], env[res_name]), TOK_CH,
                        (ffo, res_name), ggml=(L("l_out"), "ADD"))
             cur = L("l_out")
             # free what later ops no longer read
@@ -221,7 +242,7 @@ class Engine:
         out_w = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
         logits = mm(env["result_norm"], out_w)
         if cfg.final_logit_softcap:
-            logits = ops.softcap(logits, cfg.final_logit_softcap)
+            logits = nx.softcap(logits, cfg.final_logit_softcap)
         final = emit("result_output", "logits", None, logits, ("token", "vocab"), ("result_norm",),
                      out_w, ("result_output", "MUL_MAT"))
         # commit the pass before handing out its last result
@@ -230,10 +251,22 @@ class Engine:
         self.n_steps += 1
         yield final
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Run straight through; the logits [n_tok, n_vocab] of `tokens` after what came before."""
-        res = None
-        for res in self.forward(tokens):
-            pass
-        assert res is not None
-        return res.value
+    def logits(self, tokens: Sequence[int], decode: int = 0) -> np.ndarray:
+        """Run straight through; the logits [n_tok, n_vocab] of `tokens` after what came before.
+
+        As llama.cpp evaluates them: the first len(tokens) - decode tokens as a prompt split into
+        micro-batches, then each of the last `decode` tokens alone (a generation step).
+        """
+        toks = [int(t) for t in tokens]
+        if not 0 <= decode <= len(toks):
+            raise UsageError(f"--decode {decode} is more than the {len(toks)} tokens given")
+        cut = len(toks) - decode
+        passes = (self.ubatches(toks[:cut]) if cut else []) + [[t] for t in toks[cut:]]
+        rows = []
+        for chunk in passes:
+            res = None
+            for res in self.forward(chunk):
+                pass
+            assert res is not None
+            rows.append(res.value)
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]

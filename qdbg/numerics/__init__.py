@@ -4,3 +4,29 @@
 `f32` keeps activations in float32 with dequantized weights (the error of the weights alone).
 Kernels that must match llama.cpp's float order live in `qdbg.numerics.kernels` (numba).
 """
+
+from __future__ import annotations
+
+
+
+from qdbg.errors import UsageError
+from qdbg.numerics.base import Numerics, RunSettings
+from qdbg.numerics.exact import ExactNumerics
+from qdbg.numerics.profile import PROFILES, X86_AVX2_0336, BuildProfile
+from qdbg.numerics.reference import F32Numerics, GgmlNumerics
+
+MODES: dict[str, type[Numerics]] = {"exact": ExactNumerics, "f32": F32Numerics, "ggml": GgmlNumerics}
+DEFAULT_MODE = "ggml"  # becomes "exact" once every exact kernel is in
+
+__all__ = ["BuildProfile", "DEFAULT_MODE", "ExactNumerics", "F32Numerics", "GgmlNumerics", "MODES",
+           "Numerics", "PROFILES", "RunSettings", "X86_AVX2_0336", "make_numerics"]
+
+
+def make_numerics(mode: "str | Numerics" = DEFAULT_MODE, settings: RunSettings | None = None) -> Numerics:
+    """The Numerics object of a mode name (or the object itself, passed through)."""
+    if isinstance(mode, Numerics):
+        return mode
+    cls = MODES.get(mode)
+    if cls is None:
+        raise UsageError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
+    return cls(settings)

@@ -1,0 +1,53 @@
+"""The two modes that do not reproduce a build: `f32` (dequantized weights, float32 activations)
+and `ggml` (llama.cpp's activation rounding with exact integer dot products summed in float64,
+about 1e-7 from llama.cpp per op; faster than `exact` only where the exact kernels are slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qdbg.engine import matmul as mm
+from qdbg.engine import ops
+from qdbg.engine.weights import Weight
+from qdbg.numerics.base import Numerics
+
+
+class F32Numerics(Numerics):
+    """The error of the weights alone: float32 activations, float64 dot products, no F16 cache."""
+
+    name = "f32"
+    kv_f16 = False
+
+    def describe(self) -> str:
+        return "f32: dequantized weights, float32 activations (the weights' error alone)"
+
+    def matmul(self, x: np.ndarray, w: Weight) -> np.ndarray:
+        return mm.matmul(x, w, "f32")
+
+    def attn_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return mm.attn_scores(q, k, "f32")
+
+    def attn_values(self, p: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return mm.attn_values(p, v, "f32")
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        return ops.geglu(gate, up, exact_f32=True)
+
+
+class GgmlNumerics(Numerics):
+    """llama.cpp's roundings (8-bit activations, F16 cache and attention operands, GELU table)
+    with exact integer dot products summed in float64: close to a llama.cpp build, not equal."""
+
+    name = "ggml"
+
+    def describe(self) -> str:
+        return "ggml: llama.cpp's roundings, float64 sums (approximate: ~1e-7 per op)"
+
+    def matmul(self, x: np.ndarray, w: Weight) -> np.ndarray:
+        return mm.matmul(x, w, "ggml")
+
+    def attn_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return mm.attn_scores(q, k, "ggml")
+
+    def attn_values(self, p: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return mm.attn_values(p, v, "ggml")
