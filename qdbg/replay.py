@@ -75,6 +75,7 @@ class ReplaySession(Session):
         self.cursor = -1
         self.tokens = list(self.prompt)
         self.pending: list[int | None] = []
+        self._chunks: list[list[int]] = []
         self.driver = self.trace.driver
         self._gens = None
 

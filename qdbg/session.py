@@ -22,6 +22,7 @@ from qdbg.breakpoints import Breakpoint, BreakpointList, variables_from
 from qdbg.engine.forward import Engine
 from qdbg.engine.result import OpResult
 from qdbg.errors import ModelMismatchError, QdbgError, UsageError
+from qdbg.numerics import DEFAULT_MODE, RunSettings
 
 PAIRS = (("A", "B"), ("A", "R"), ("B", "R"))
 SCOPE_LAST, SCOPE_ALL = "last", "all"
@@ -118,10 +119,11 @@ class Session:
         models: dict[str, Any],
         tokens: Sequence[int],
         *,
-        mode: str = "ggml",
+        mode: str = DEFAULT_MODE,
         scope: str | int = SCOPE_LAST,
         top_k: int = 10,
         pieces: Any = None,
+        settings: RunSettings | None = None,
     ) -> None:
         if "A" not in models or "B" not in models:
             raise UsageError("a session needs models A and B")
@@ -136,6 +138,7 @@ class Session:
         self.labels = [lab for lab in ("A", "B", "R") if lab in models]
         self.prompt = [int(t) for t in tokens]
         self.mode = mode
+        self.settings = settings or RunSettings()
         self.top_k = top_k
         self.pieces = pieces
         self.breakpoints = BreakpointList()
@@ -146,14 +149,17 @@ class Session:
     # -- state -------------------------------------------------------------------------------
     def restart(self) -> None:
         """Back to before the first op: fresh engines, empty history (breakpoints stay)."""
-        self.engines = {lab: Engine(m, self.mode) for lab, m in self.models.items()}
+        self.engines = {lab: Engine(m, self.mode, settings=self.settings)
+                        for lab, m in self.models.items()}
+        # the prompt runs as llama.cpp runs it: micro-batches of at most n_ubatch tokens, each a pass
+        self._chunks = self.engines["A"].ubatches(self.prompt)
         self.history: list[Record] = []
         self.cursor = -1
         self.tokens = list(self.prompt)
         self.pending: list[int | None] = []   # decode steps still to run (None: choose by driver)
         self.driver = "a"
         self._gens: dict[str, Iterator[OpResult]] | None = None
-        self._start_pass(self.prompt)
+        self._start_pass(self._chunks.pop(0))
 
     @property
     def current(self) -> Record | None:
@@ -161,7 +167,8 @@ class Session:
 
     @property
     def at_end(self) -> bool:
-        return self._gens is None and not self.pending and self.cursor == len(self.history) - 1
+        return (self._gens is None and not self.pending and not self._chunks
+                and self.cursor == len(self.history) - 1)
 
     @property
     def scope(self) -> str | int:
@@ -180,9 +187,12 @@ class Session:
     def _advance(self) -> Record | None:
         """Compute the next op on every side; None when nothing is left to run."""
         if self._gens is None:
-            if not self.pending:
+            if self._chunks:
+                self._start_pass(self._chunks.pop(0))
+            elif not self.pending:
                 return None
-            self._start_pass([self._next_token(self.pending.pop(0))])
+            else:
+                self._start_pass([self._next_token(self.pending.pop(0))])
         assert self._gens is not None
         results: dict[str, OpResult] = {}
         for lab, g in self._gens.items():
@@ -398,7 +408,7 @@ class Session:
 
 
 def open_session(paths: dict[str, str], tokens: Sequence[int] | None = None, *, prompt: str | None = None,
-                 chat: bool = False, mode: str = "ggml", **kw: Any) -> Session:
+                 chat: bool = False, mode: str = DEFAULT_MODE, **kw: Any) -> Session:
     """Factory used by the CLI and tests: open models by path and build a Session."""
     from qdbg.model import Model
 
