@@ -1,0 +1,153 @@
+"""Exact CPU matmul of the legacy quant types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) against f32 activations.
+
+Reproduces ggml_compute_forward_mul_mat of the AVX2+FMA+F16C build bit for bit. Dispatch there:
+- tiled/ (ggml_tiled_supported) takes only K-quants and IQ types: never these.
+- CPU_REPACK Q4_0 (n_out % 8 == 0): x rows in groups of 4 -> ggml_quantize_mat_q8_0_4x8 + gemm,
+  the rest -> quantize_row_q8_0 + gemv (arch/x86/repack.cpp). Both quantizers give the same
+  codes and both kernels do, per output: acc = fma(f32(int dot of the block), d_w*d_x, acc),
+  one accumulator, no horizontal sum.
+- plain weights: x -> vec_dot_type (Q8_0 or Q8_1, AVX2 quantize_row_*), then tinyBLAS_Q0_AVX for
+  Q4_0/Q5_0/Q8_0 when n_tok >= 2 (any n_out, any k; every tile shape keeps one 8-lane
+  accumulator per output and accumulates blocks in order), else ggml_vec_dot_*: the same
+  arithmetic. Per output: 8 lanes, lane j += fma(d_w*d_x, f32(sum of products 4j..4j+3)),
+  then hsum ((v4+v0)+(v6+v2))+((v5+v1)+(v7+v3)); Q4_1/Q5_1 add summs = fma(m_w, s_x, summs)
+  accumulated block by block in scalar f32 (GCC contracts `summs += m*s`).
+No output depends on the thread count: each one is computed whole by one thread, and the
+activation quantizers split work on block boundaries.
+Not modelled: int8 weights of -128 against activations of -128 (only non-finite x gives -128),
+where _mm256_sign_epi8 wraps; their outputs are inf/NaN anyway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+from qdbg.errors import QdbgError
+from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, hsum8, jit
+from qdbg.quant.activations import quantize_q8_0, quantize_q8_1
+
+# type -> (kernel code, bytes per 32-value block)
+# Q4_0: 18 B (d:2, qs:16)          v = nibble - 8; low nibbles are values 0..15, high 16..31
+# Q4_1: 20 B (d:2, m:2, qs:16)     v = nibble;            x = d*v + m
+# Q5_0: 22 B (d:2, qh:4, qs:16)    v = nibble | bit<<4 - 16; bit i of qh (LE u32) for value i
+# Q5_1: 24 B (d:2, m:2, qh:4, qs:16) v = nibble | bit<<4;  x = d*v + m
+# Q8_0: 34 B (d:2, qs:32)          v = int8
+_TYPES: dict[QT, tuple[int, int]] = {
+    QT.Q4_0: (0, 18), QT.Q4_1: (1, 20), QT.Q5_0: (2, 22), QT.Q5_1: (3, 24), QT.Q8_0: (4, 34)}
+LEGACY_MATMUL_TYPES = tuple(_TYPES)
+
+
+@jit
+def _decode_row(row, code, nb, v, d, m):
+    """One GGUF row -> int8 values v [nb*32], f32 scales d [nb], f32 mins m [nb] (0 if none)."""
+    bsz = (18, 20, 22, 24, 34)[code]
+    for b in range(nb):
+        o = b * bsz
+        d[b] = f16_bits_to_f32(np.uint16(row[o]) | (np.uint16(row[o + 1]) << np.uint16(8)))
+        if code == 1 or code == 3:
+            m[b] = f16_bits_to_f32(np.uint16(row[o + 2]) | (np.uint16(row[o + 3]) << np.uint16(8)))
+        else:
+            m[b] = np.float32(0.0)
+        vb = v[b * 32:b * 32 + 32]
+        if code == 4:
+            for i in range(32):
+                vb[i] = np.int8(np.int32(row[o + 2 + i]) - 256 * np.int32(row[o + 2 + i] >> 7))
+        else:
+            qo = o + 2 if code == 0 else (o + 4 if code == 1 else (o + 6 if code == 2 else o + 8))
+            qh = np.uint32(0)
+            if code == 2 or code == 3:
+                ho = o + 2 if code == 2 else o + 4
+                qh = (np.uint32(row[ho]) | (np.uint32(row[ho + 1]) << np.uint32(8))
+                      | (np.uint32(row[ho + 2]) << np.uint32(16)) | (np.uint32(row[ho + 3]) << np.uint32(24)))
+            off = 8 if code == 0 else (16 if code == 2 else 0)
+            for i in range(16):
+                lo = np.int32(row[qo + i] & 15) + np.int32((qh >> np.uint32(i)) & np.uint32(1)) * 16
+                hi = np.int32(row[qo + i] >> 4) + np.int32((qh >> np.uint32(i + 16)) & np.uint32(1)) * 16
+                vb[i] = np.int8(lo - off)
+                vb[i + 16] = np.int8(hi - off)
+
+
+@jit
+def _mm_legacy(w, code, n_in, aq, ad, asum, repacked, out):
+    """out[t, o] for raw rows w [n_out, row_bytes] and Q8 activations (aq, ad, asum)."""
+    n_out = w.shape[0]
+    n_tok = aq.shape[0]
+    nb = n_in // 32
+    v = np.empty(n_in, np.int8)
+    dw = np.empty(nb, np.float32)
+    mw = np.empty(nb, np.float32)
+    isum = np.empty(nb * 8, np.int32)
+    acc = np.empty(8, np.float32)
+    has_min = code == 1 or code == 3
+    for o in range(n_out):
+        _decode_row(w[o], code, nb, v, dw, mw)
+        for t in range(n_tok):
+            a = aq[t]
+            # lane sums: isum[b*8 + j] = sum of v*a over values 4j..4j+3 of block b (exact int)
+            for i in range(nb * 8):
+                s = np.int32(0)
+                for e in range(4):
+                    s += np.int32(v[4 * i + e]) * np.int32(a[4 * i + e])
+                isum[i] = s
+            if repacked:
+                r = np.float32(0.0)
+                for b in range(nb):
+                    s = np.int32(0)
+                    for j in range(8):
+                        s += isum[b * 8 + j]
+                    r = fma32(np.float32(s), dw[b] * ad[t, b], r)
+                out[t, o] = r
+                continue
+            for j in range(8):
+                acc[j] = np.float32(0.0)
+            for b in range(nb):
+                dd = dw[b] * ad[t, b]
+                for j in range(8):
+                    acc[j] = fma32(dd, np.float32(isum[b * 8 + j]), acc[j])
+            r = hsum8(acc)
+            if has_min:
+                summs = np.float32(0.0)
+                for b in range(nb):
+                    summs = fma32(mw[b], asum[t, b], summs)
+                r = r + summs
+            out[t, o] = r
+
+
+def mul_mat_legacy(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray, repacked: bool) -> np.ndarray:
+    """y = what ggml_compute_forward_mul_mat gives for src0 = weight (GGUF bytes, uint8
+    [n_out, row_bytes]), src1 = x (float32 [n_tok, n_in], C-contiguous) -> float32 [n_tok, n_out].
+
+    `repacked`: the weight lives in llama.cpp's CPU_REPACK buffer (this build: Q4_0 with
+    n_out % 8 == 0); QdbgError for any other repacked combination.
+    """
+    try:
+        qt = QT(qtype)
+        code, bsz = _TYPES[qt]
+    except (ValueError, KeyError):
+        raise QdbgError(f"mul_mat_legacy: {qtype!r} is not one of "
+                        f"{', '.join(t.name for t in LEGACY_MATMUL_TYPES)}") from None
+    if n_in <= 0 or n_in % 32:
+        raise QdbgError(f"mul_mat_legacy: n_in {n_in} is not a positive multiple of 32")
+    w = np.asarray(w_raw)
+    if w.dtype != np.uint8 or w.ndim != 2 or w.shape[1] != n_in // 32 * bsz:
+        raise QdbgError(f"mul_mat_legacy: {qt.name} weight must be uint8 [n_out, {n_in // 32 * bsz}], "
+                        f"got {w.dtype} {list(w.shape)}")
+    xa = np.ascontiguousarray(x, dtype=np.float32)
+    if xa.ndim != 2 or xa.shape[1] != n_in:
+        raise QdbgError(f"mul_mat_legacy: x must be float32 [n_tok, {n_in}], got {list(np.shape(x))}")
+    if repacked and (qt != QT.Q4_0 or w.shape[0] % 8):
+        raise QdbgError(f"mul_mat_legacy: this build never repacks {qt.name} with n_out {w.shape[0]} "
+                        "(only Q4_0 with n_out % 8 == 0)")
+    if not w.flags.c_contiguous:
+        w = np.ascontiguousarray(w)
+    if code in (1, 3):
+        aq, ad, asum = quantize_q8_1(xa)
+    else:
+        aq, ad = quantize_q8_0(xa)
+        asum = ad  # unused
+    out = np.empty((xa.shape[0], w.shape[0]), np.float32)
+    if xa.shape[0] and w.shape[0]:
+        _mm_legacy(w, code, n_in, np.ascontiguousarray(aq), np.ascontiguousarray(ad, np.float32),
+                   np.ascontiguousarray(asum, np.float32), bool(repacked), out)
+    return out
