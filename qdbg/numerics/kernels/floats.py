@@ -1,0 +1,216 @@
+"""Exact MUL_MAT with float operands: F32 / F16 / BF16 weights, and the attention products.
+
+What ggml_compute_forward_mul_mat (ggml-cpu.c) runs on this build (AVX2+FMA+F16C, llamafile on):
+  1. llamafile_sgemm(A=src0, B=src1 as is) if src1 is contiguous: only F32 x F32 can pass on
+     AVX2 (F16/BF16 tinyBLAS want B of the same type), so this serves F32 weights.
+  2. src1 -> vec_dot_type (F32 stays; F16: vcvtps2ph round-to-nearest-even; BF16: ggml's
+     (u + 0x7fff + lsb) >> 16 with quiet NaN), then llamafile_sgemm again (F16xF16, BF16xBF16).
+  3. else the vec_dot loop: one ggml_vec_dot_{f32,f16,bf16} per output element (nrows = 1).
+tinyBLAS refuses (-> vec_dot) when n = n_tok < 2, k % 8 != 0, or m = n_out % 4 != 0.
+Its per-element order does not depend on the RM x RN tiling or on the thread count: every
+C element is one __m256 accumulator, one FMA per lane per 8-wide k step, then hsum
+((v4+v0)+(v6+v2))+((v5+v1)+(v7+v3)). The vec_dot paths are per element too, and the src1
+conversion is element-wise, so no bit depends on the number of threads.
+
+Attention (flash attention off, llama-graph.cpp build_attn_mha; llama-kv-cache.cpp get_k/get_v):
+  kq  = mul_mat(K view [hd, n_kv, n_head_kv] f16, permuted Q [hd, n_tok, n_head] f32)
+  kqv = mul_mat(transposed V view [n_kv, hd, n_head_kv] f16, kq_soft_max [n_kv, n_tok, n_head])
+Both take path 2 (F16 A never meets an F32 B in tinyBLAS on AVX2), whether or not src1 is
+contiguous; head h of src1 uses src0 head h // (n_head / n_head_kv) (ggml's r2 broadcast).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from qdbg.errors import UnsupportedError
+from qdbg.numerics.kernels.nb import f16_bits_to_f32, f32_to_f16_bits, fma32, hsum8, jit
+
+# which loop computes each element
+_TINYBLAS, _VD_F32, _VD_F16, _VD_BF16 = 0, 1, 2, 3
+# how a weight row's uint16 words decode to float32
+_W_F32, _W_F16, _W_BF16 = 0, 1, 2
+
+
+@jit(inline="always")
+def _hsum_hadd(v):
+    """GGML_F32x8_REDUCE's lane sum: lo+hi, then two _mm_hadd_ps:
+    ((v0+v4)+(v1+v5))+((v2+v6)+(v3+v7))."""
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+
+
+@jit(inline="always")
+def _fold4(acc):
+    """GGML_F32_ARR = 4 accumulators [4, 8] -> (acc0+acc2)+(acc1+acc3) per lane."""
+    v = np.empty(8, np.float32)
+    for l in range(8):
+        v[l] = (acc[0, l] + acc[2, l]) + (acc[1, l] + acc[3, l])
+    return v
+
+
+@jit
+def vec_dot_f16(n, x_bits, x_off, y_bits, y_off):
+    """ggml_vec_dot_f16 on AVX2+F16C: 4 x 8-lane FMA accumulators over 32-wide steps,
+    GGML_F32x8_REDUCE, then the scalar tail summed in double; returns float32."""
+    np_ = n & ~31
+    acc = np.zeros((4, 8), np.float32)
+    for i in range(0, np_, 32):
+        for j in range(4):
+            for l in range(8):
+                p = i + j * 8 + l
+                acc[j, l] = fma32(f16_bits_to_f32(x_bits[x_off + p]),
+                                  f16_bits_to_f32(y_bits[y_off + p]), acc[j, l])
+    sumf = np.float64(_hsum_hadd(_fold4(acc)))
+    for i in range(np_, n):
+        sumf += np.float64(f16_bits_to_f32(x_bits[x_off + i]) * f16_bits_to_f32(y_bits[y_off + i]))
+    return np.float32(sumf)
+
+
+@jit(inline="always")
+def _dot_tinyblas(a, b, t, k):
+    """tinyBLAS<8, __m256> gemm_bloc element: row a (float32 [k]) . b[t]."""
+    acc = np.zeros(8, np.float32)
+    for s in range(0, k, 8):
+        for l in range(8):
+            acc[l] = fma32(a[s + l], b[t, s + l], acc[l])
+    return hsum8(acc)
+
+
+@jit(inline="always")
+def _dot_vec(a, b, t, k, path):
+    """ggml_vec_dot_{f32,f16,bf16} (AVX2) on decoded float32 operands a [k] . b[t]."""
+    np_ = k & ~31
+    acc = np.zeros((4, 8), np.float32)
+    for i in range(0, np_, 32):
+        for j in range(4):
+            for l in range(8):
+                p = i + j * 8 + l
+                acc[j, l] = fma32(a[p], b[t, p], acc[j, l])
+    v = _fold4(acc)
+    if path == _VD_F32:
+        # float sumf; GCC vectorized the tail in 8s and 4s as mul-then-add, the last k % 4 are FMAs
+        sumf = _hsum_hadd(v)
+        n4 = np_ + ((k - np_) & ~3)
+        for i in range(np_, n4):
+            sumf = sumf + a[i] * b[t, i]
+        for i in range(n4, k):
+            sumf = fma32(a[i], b[t, i], sumf)
+        return sumf
+    # f16: hadd reduce; bf16: (c1+c3)+(c2+c4) then movehl/movehdup = hsum8 order; double tail
+    sumd = np.float64(_hsum_hadd(v) if path == _VD_F16 else hsum8(v))
+    for i in range(np_, k):
+        sumd += np.float64(a[i] * b[t, i])
+    return np.float32(sumd)
+
+
+@jit
+def _decode_row(w, i, kind, row, row_u):
+    """Weight row i (uint16 words) -> float32 row (row_u is the same memory as uint32)."""
+    k = row.shape[0]
+    if kind == _W_F32:
+        for j in range(k):
+            row_u[j] = np.uint32(w[i, 2 * j]) | (np.uint32(w[i, 2 * j + 1]) << np.uint32(16))
+    elif kind == _W_F16:
+        for j in range(k):
+            row[j] = f16_bits_to_f32(w[i, j])
+    else:
+        for j in range(k):
+            row_u[j] = np.uint32(w[i, j]) << np.uint32(16)
+
+
+@jit
+def _mm(w, kind, b, path, out):
+    """out[t, i] = row i of w (decoded) . b[t] in the order of `path`; b float32 [n, k]."""
+    m = w.shape[0]
+    n, k = b.shape
+    row_u = np.empty(k, np.uint32)
+    row = row_u.view(np.float32)
+    for i in range(m):
+        _decode_row(w, i, kind, row, row_u)
+        for t in range(n):
+            if path == _TINYBLAS:
+                out[t, i] = _dot_tinyblas(row, b, t, k)
+            else:
+                out[t, i] = _dot_vec(row, b, t, k, path)
+
+
+@jit
+def _mm_heads(a, b, out, path):
+    """Grouped heads: out[h] = a[h // r] x b[h] (F16 A, b already F16-rounded float32)."""
+    r = b.shape[0] // a.shape[0]
+    for h in range(b.shape[0]):
+        _mm(a[h // r], _W_F16, b[h], path, out[h])
+
+
+@jit
+def _round_f16(x):
+    """float32 array -> F16 round-to-nearest-even -> float32 (the src1 -> vec_dot_type step)."""
+    y = np.empty_like(x)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    for i in range(xf.size):
+        yf[i] = f16_bits_to_f32(f32_to_f16_bits(xf[i]))
+    return y
+
+
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    """ggml_compute_fp32_to_bf16 and back to float32 (round half to even, NaN forced quiet)."""
+    u = x.view(np.uint32).astype(np.uint64)
+    h = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    h = np.where(nan, (u >> 16) | 64, h).astype(np.uint32)
+    return (h << 16).view(np.float32)
+
+
+def _tinyblas_takes(m: int, n: int, k: int) -> bool:
+    """llamafile_sgemm + tinyBLAS::matmul accept (AVX2, 16 vector registers)."""
+    return n >= 2 and k % 8 == 0 and m % 4 == 0
+
+
+_KIND = {GGMLQuantizationType.F32: (_W_F32, _VD_F32), GGMLQuantizationType.F16: (_W_F16, _VD_F16),
+         GGMLQuantizationType.BF16: (_W_BF16, _VD_BF16)}
+
+
+def mul_mat_float(w: np.ndarray, qtype: GGMLQuantizationType, x: np.ndarray) -> np.ndarray:
+    """ggml_compute_forward_mul_mat for a weight src0 of type F32 (w float32 [n_out, n_in]), F16
+    (w uint16 half bits [n_out, n_in]) or BF16 (w uint16 bf16 bits), src1 = x float32
+    [n_tok, n_in] C-contiguous -> float32 [n_tok, n_out]."""
+    if qtype not in _KIND:
+        raise UnsupportedError(f"mul_mat_float: weight type {GGMLQuantizationType(qtype).name}")
+    kind, vd = _KIND[qtype]
+    want = np.float32 if kind == _W_F32 else np.uint16
+    if w.dtype != want or w.ndim != 2 or x.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"mul_mat_float: w {w.dtype}{list(w.shape)} ({qtype.name}) "
+                         f"and x {x.dtype}{list(x.shape)} do not match")
+    n_out, n_in = w.shape
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w16 = np.ascontiguousarray(w).view(np.uint16)  # F32 rows as pairs of little-endian words
+    if kind == _W_F16:
+        x = _round_f16(x)
+    elif kind == _W_BF16:
+        x = _round_bf16(x)
+    path = _TINYBLAS if _tinyblas_takes(n_out, x.shape[0], n_in) else vd
+    out = np.empty((x.shape[0], n_out), np.float32)
+    _mm(w16, kind, x, path, out)
+    return out
+
+
+def mul_mat_f16_heads(a: np.ndarray, b: np.ndarray, b_contiguous: bool) -> np.ndarray:
+    """The attention products. a: uint16 half bits [H_a, M, K] (K cache view: M = n_kv cells,
+    K = head_dim; or the transposed V cache view: M = head_dim, K = n_kv), b: float32
+    [H_b, N, K] (N = tokens), H_b a multiple of H_a (head h uses a[h // (H_b // H_a)]) ->
+    float32 [H_b, N, M], exactly as ggml_compute_forward_mul_mat for kq = mul_mat(k, q)
+    (b_contiguous=False) and kqv = mul_mat(v, kq_soft_max) (b_contiguous=True).
+
+    b_contiguous changes nothing on this build: tinyBLAS has no F16 x F32 kernel on AVX2, so
+    both products convert b to F16 first and then use tinyBLAS (N >= 2) or ggml_vec_dot_f16."""
+    if a.dtype != np.uint16 or a.ndim != 3 or b.ndim != 3 or b.shape[2] != a.shape[2] \
+            or b.shape[0] % a.shape[0]:
+        raise ValueError(f"mul_mat_f16_heads: a {a.dtype}{list(a.shape)} and b "
+                         f"{b.dtype}{list(b.shape)} do not match")
+    _, m, k = a.shape
+    bh = _round_f16(np.ascontiguousarray(b, dtype=np.float32))
+    path = _TINYBLAS if _tinyblas_takes(m, b.shape[1], k) else _VD_F16
+    out = np.empty((b.shape[0], b.shape[1], m), np.float32)
+    _mm_heads(np.ascontiguousarray(a), bh, out, path)
+    return out
