@@ -73,7 +73,8 @@ def _fmt(v: Any) -> str:
 
 def print_results(s: Session, stops: list[Stop], as_json: bool, names: dict[str, str]) -> None:
     if as_json:
-        doc = {"models": names, "mode": s.mode, "tokens": s.tokens,
+        doc = {"models": names, "mode": s.mode, "numerics": s.numerics_info(),
+               "tokens": s.tokens,
                "stops": [stop_json(st) for st in stops], "final": final_json(s)}
         sys.stdout.write(json.dumps(jsonable(doc), allow_nan=False) + "\n")
         return
@@ -82,7 +83,8 @@ def print_results(s: Session, stops: list[Stop], as_json: bool, names: dict[str,
 
     con = Console()
     con.print(f"A = {names['A']}   B = {names['B']}" + (f"   R = {names['R']}" if "R" in names else "")
-              + f"   mode {s.mode}   {len(s.tokens)} tokens")
+              + f"   {len(s.tokens)} tokens")
+    con.print(f"numerics: {s.numerics_text()}", highlight=False)
     if stops:
         bps = {b.expr: b.id for st in stops for b in st.breakpoints}
         for expr, i in sorted(bps.items(), key=lambda kv: kv[1]):

@@ -83,6 +83,14 @@ class ReplaySession(Session):
     def at_end(self) -> bool:
         return len(self.history) == len(self.trace.records) and self.cursor == len(self.history) - 1
 
+    def numerics_info(self) -> dict[str, Any]:
+        return dict(self.trace.numerics)
+
+    def numerics_text(self) -> str:
+        n = self.trace.numerics
+        prof = n.get("profile") or {}
+        return f"{n.get('mode', self.mode)}" + (f": {prof['description']}" if prof.get("description") else "")
+
     def saved_positions(self, rec: Record) -> tuple[int, ...] | None:
         """Token positions covered by rec.values (None: no tensors saved for it)."""
         return self.trace.tensor_positions.get(rec.index)

@@ -161,6 +161,14 @@ class Session:
         self._gens: dict[str, Iterator[OpResult]] | None = None
         self._start_pass(self._chunks.pop(0))
 
+    def numerics_info(self) -> dict[str, Any]:
+        """The numeric mode, the llama.cpp build it reproduces, and the run settings (JSON)."""
+        return self.engines["A"].numerics.to_json()
+
+    def numerics_text(self) -> str:
+        """One line for headers: the mode and what it reproduces."""
+        return self.engines["A"].numerics.describe()
+
     @property
     def current(self) -> Record | None:
         return self.history[self.cursor] if self.cursor >= 0 else None

@@ -78,6 +78,7 @@ class Trace:
     tensors: dict[str, Any] = field(default_factory=lambda: {"policy": "none"})
     pieces: dict[int, str] = field(default_factory=dict)
     created_at: str | None = None
+    numerics: dict[str, Any] = field(default_factory=dict)  # mode, build profile, run settings
     qdbg_version: str = ""
     version: int = VERSION
 
@@ -307,6 +308,8 @@ def _trace_from(m: Any) -> tuple[Trace, list]:
     if m.get("version") != VERSION:
         raise TraceError(f"unsupported trace version {str(m.get('version'))[:20]} (this qdbg reads {VERSION})")
     _fields(m, TOP, "manifest", tuple(TOP))
+    numerics = m.get("numerics", {"mode": m["mode"]})  # optional: traces before exact mode lack it
+    _check(numerics, "dict", "manifest.numerics")
     labels = m["labels"]
     if labels[:2] != ["A", "B"] or labels not in (["A", "B"], ["A", "B", "R"]):
         raise TraceError(f"manifest: labels {labels[:4]} should be [A, B] or [A, B, R]")
@@ -344,7 +347,8 @@ def _trace_from(m: Any) -> tuple[Trace, list]:
                prompt_text=m["prompt_text"], mode=m["mode"], scope=scope, top_k=m["top_k"],
                driver=m["driver"], pending=list(m["pending"]), breakpoints=m["breakpoints"],
                cursor=m["cursor"], records=[], tensors=m["tensors"], pieces=pieces,
-               created_at=m["created_at"], qdbg_version=m["qdbg_version"], version=m["version"])
+               created_at=m["created_at"], qdbg_version=m["qdbg_version"], version=m["version"],
+               numerics=numerics)
     refs: list = []
     tr.records = [_record_from(r, i, tr, refs) for i, r in enumerate(m["records"])]
     if m["n_tensors"] != len(refs):

@@ -41,7 +41,7 @@ def engines_with(monkeypatch):
     """Install per-file op overrides in the engines a Session creates."""
     def install(by_path):
         monkeypatch.setattr(qdbg.session, "Engine",
-                            lambda m, mode: Engine(m, mode, overrides=by_path.get(str(m.path))))
+                            lambda m, mode, **kw: Engine(m, mode, overrides=by_path.get(str(m.path)), **kw))
     return install
 
 
