@@ -1,0 +1,107 @@
+"""K-quant MUL_MAT (Q2_K..Q6_K, Q4_K repacked) bit-equal with llama.cpp's recorded outputs.
+
+Golden data: tests/golden/kernels/kquants.npz from tools/record_kernels_kquants.py (seeds,
+input hashes, llama.cpp outputs; see that tool for how a few arrays cover every n_tok).
+Every n_tok of the list runs the kernel that llama.cpp runs for it: vec_dot (< 8 rows),
+tiled (>= 8 rows), repack gemm (groups of 4) + gemv (the rest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+
+from qdbg.errors import QdbgError
+from qdbg.numerics.kernels.kquants import kquant_path, mul_mat_kquant
+from qdbg.quant import quantize
+
+GOLDEN = Path(__file__).parent / "golden" / "kernels" / "kquants.npz"
+
+
+_data = np.load(GOLDEN)
+MANIFEST = json.loads(str(_data["manifest"]))
+SMALL = [c for c in MANIFEST["cases"] if "y_sha256" not in c]
+BIG = [c for c in MANIFEST["cases"] if "y_sha256" in c]
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _weight(qtype: str, n_in: int, n_out: int, seed: int) -> np.ndarray:
+    """Same as the recorder's weight() (the manifest's sha256 checks it)."""
+    rng = np.random.default_rng(seed)
+    mag = rng.choice(np.array([1e-3, 1.0, 50.0]), size=(n_out, 1))
+    return quantize((rng.standard_normal((n_out, n_in)) * mag).astype(np.float32), QT[qtype])
+
+
+def _activation(n_tok: int, n_in: int, seed: int) -> np.ndarray:
+    """Same as the recorder's activation() (the manifest's sha256 checks it)."""
+    rng = np.random.default_rng(seed + 1000)
+    mag = rng.choice(np.array([0.01, 1.0, 300.0]), size=(n_tok, 1))
+    x = (rng.standard_normal((n_tok, n_in)) * mag).astype(np.float32)
+    x[1, :256] = 0.0
+    x[0, 3], x[0, 7] = 5e3, -5e3
+    return x
+
+
+def _inputs(case: dict, n_tok: int) -> tuple[np.ndarray, np.ndarray]:
+    raw = _weight(case["type"], case["n_in"], case["n_out"], case["seed"])
+    x = _activation(n_tok, case["n_in"], case["seed"])
+    assert _sha(raw) == case["w_sha256"], "weight rebuild drifted from the recording"
+    assert _sha(x) == case["x_sha256"], "activation rebuild drifted from the recording"
+    return raw, x
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("case", SMALL, ids=[c["key"] for c in SMALL])
+def test_every_batch_size_bit_equal(case: dict) -> None:
+    raw, x = _inputs(case, 33)
+    key = case["key"]
+    for n_tok in MANIFEST["n_toks"]:
+        if case["repacked"]:
+            n_gemm = n_tok - n_tok % 4
+            want = np.concatenate([_data[f"{key}/gemm"][:n_gemm], _data[f"{key}/gemv"][n_gemm:n_tok]])
+        else:
+            want = _data[f"{key}/vec" if n_tok < 8 else f"{key}/tiled"][:n_tok]
+        got = mul_mat_kquant(raw, QT[case["type"]], case["n_in"], x[:n_tok], case["repacked"])
+        assert _bits_equal(got, want), (key, n_tok, kquant_path(QT[case["type"]], n_tok, case["repacked"]),
+                                        int((got != want).sum()))
+
+
+@pytest.mark.parametrize("case", BIG, ids=[c["key"] for c in BIG])
+def test_big_tiles_bit_equal(case: dict) -> None:
+    raw, x = _inputs(case, case["n_tok"])
+    got = mul_mat_kquant(raw, QT[case["type"]], case["n_in"], x, case["repacked"])
+    assert _sha(got) == case["y_sha256"]
+
+
+def test_paths() -> None:
+    assert kquant_path(QT.Q6_K, 7, False) == "vec_dot"
+    assert kquant_path(QT.Q6_K, 8, False) == "tiled"
+    assert kquant_path(QT.Q4_K, 1, True) == "repack"
+
+
+@pytest.mark.parametrize("qtype, n_out", [(QT.Q5_K, 16), (QT.Q4_K, 12), (QT.Q2_K, 8)])
+def test_rejects_repack_this_build_never_runs(qtype: QT, n_out: int) -> None:
+    raw = quantize(np.ones((n_out, 256), np.float32), qtype)
+    with pytest.raises(QdbgError, match="never repacks"):
+        mul_mat_kquant(raw, qtype, 256, np.ones((1, 256), np.float32), True)
+
+
+def test_rejects_bad_shapes() -> None:
+    raw = quantize(np.ones((8, 256), np.float32), QT.Q4_K)
+    with pytest.raises(QdbgError, match="not a K-quant"):
+        mul_mat_kquant(raw, QT.Q8_0, 256, np.ones((1, 256), np.float32), False)
+    with pytest.raises(QdbgError, match="weight of shape"):
+        mul_mat_kquant(raw, QT.Q4_K, 512, np.ones((1, 512), np.float32), False)
+    with pytest.raises(QdbgError, match="activation of shape"):
+        mul_mat_kquant(raw, QT.Q4_K, 256, np.ones((1, 512), np.float32), False)
