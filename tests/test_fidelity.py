@@ -7,10 +7,12 @@ qdbg.synth (and prove it is the very file llama.cpp used: every tensor's sha256 
 - op by op, in ggml mode, every op is fed llama.cpp's own inputs (each op's output is replaced by
   llama.cpp's tensor before the run goes on) and must match llama.cpp's output to a relative
   error ||ours - llama|| / ||llama|| <= 1e-5;
-- end to end, in both modes, the top-1 token must agree wherever llama.cpp's top-2 margin exceeds
-  0.5, and the mean KL(llama.cpp || qdbg) per position must be <= 0.02 nats. End to end cannot be
-  exact: a one-ulp difference can move an activation across an 8-bit rounding boundary, and that
-  grows through the layers.
+- in exact mode, free-running from the token ids (nothing fed in), every op that has a llama.cpp
+  node and every logit must equal llama.cpp's **bit for bit** (float32 bit patterns, no tolerance);
+- end to end, in the approximate modes, the top-1 token must agree wherever llama.cpp's top-2
+  margin exceeds 0.5, and the mean KL(llama.cpp || qdbg) per position must be <= 0.02 nats. Those
+  modes cannot be exact: a one-ulp difference can move an activation across an 8-bit rounding
+  boundary, and that grows through the layers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from goldens import Golden, golden_files, load_golden
 from qdbg.engine.forward import Engine
 from qdbg.engine.result import OpResult
 from qdbg.model import Model
+from qdbg.numerics import RunSettings
 from qdbg.synth import SynthCache, SynthSpec, write_gguf
 
 OP_TOL = 1e-5
@@ -115,6 +118,45 @@ def test_op_by_op_ggml(golden: Golden, built) -> None:
     bad = sorted(e for e in errs if not e[0] <= OP_TOL)
     worst = sorted(errs, reverse=True)[:5]
     assert not bad, f"{len(bad)} ops above {OP_TOL}: {bad[-8:]}; worst {worst}"
+
+
+def _bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32)
+    return a.shape == b.shape and bool((a.view(np.uint32) == b.view(np.uint32)).all())
+
+
+def test_exact_every_node_and_logit(golden: Golden, built) -> None:
+    """Exact mode, free-running: every op with a llama.cpp node, and every logit, bit for bit."""
+    m = Model(built(golden))
+    names: dict[int, dict[str, str]] = {}
+    checked: list[str] = []
+    bad: list[str] = []
+
+    def compare(r: OpResult):
+        src = names.setdefault(r.step, {})
+        node = _llama_node(golden, r, src)
+        if node is None:
+            return None
+        src[r.name] = node.name
+        full = golden.tensor_by_key(r.step, node.key)
+        ref = _as_ours(full, r.value)
+        if r.kind in ("scores", "softmax"):  # KV cells past ours: llama.cpp's padding, exactly 0
+            pad = full.reshape(full.shape[-r.value.ndim:])[..., r.value.shape[-1]:]
+            if pad.size and np.any(pad != 0):
+                bad.append(f"step {r.step} {r.name}: nonzero KV padding")
+        checked.append(r.name)
+        if not _bits_equal(r.value, ref):
+            n = int((np.asarray(r.value, np.float32).view(np.uint32) != ref.view(np.uint32)).sum())
+            bad.append(f"step {r.step} {r.name} ({node.key}): {n} of {ref.size} elements differ")
+        return None
+
+    settings = RunSettings(n_ctx=int(golden.manifest["settings"]["n_ctx"]),
+                           n_threads=int(golden.manifest["settings"]["n_threads"]))
+    eng = Engine(m, "exact", overrides=compare, settings=settings)
+    ours = eng.logits(golden.tokens, decode=len(golden.tokens) - golden.n_prompt)
+    assert len(checked) > 20 * m.config.n_layer, "too few ops matched llama.cpp's graph"
+    assert not bad, f"{len(bad)} of {len(checked)} ops differ from llama.cpp: {bad[:8]}"
+    assert _bits_equal(ours, golden.logits), "logits differ from llama.cpp"
 
 
 @pytest.mark.parametrize("mode", ["ggml", "f32"])
