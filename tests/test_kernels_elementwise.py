@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 import numpy as np
 import pytest
 
 import kernels_elementwise_cases as kc
+from goldens import golden_files, load_golden
 from qdbg.errors import QdbgError
 from qdbg.numerics.kernels import elementwise as ew
 
@@ -55,6 +57,52 @@ def test_bit_equal_to_llama_cpp(case: dict) -> None:
         bad = np.flatnonzero(y.view(np.uint32) != ref.view(np.uint32))
         assert bad.size == 0, f"{bad.size} values differ, first at flat index {bad[:5]}"
     assert kc.digest(y) == case["out_sha"]
+
+
+def _f(bits: int) -> float:
+    return struct.unpack("<f", struct.pack("<i", bits))[0]
+
+
+_NODE_OPS = {"SOFT_MAX", "ROPE", "GEGLU", "SWIGLU", "RMS_NORM", "SCALE", "ADD"}
+
+
+def _node_output(op: str, params: tuple[int, ...], srcs: list[np.ndarray]) -> np.ndarray:
+    """qdbg's value of a recorded llama.cpp graph node from its recorded sources."""
+    if op == "SOFT_MAX":
+        kq = srcs[0].reshape(-1, *srcs[0].shape[-2:])
+        mask = srcs[1].reshape(-1, srcs[1].shape[-1]) if len(srcs) > 1 else None
+        return ew.softmax_ext(kq, mask, _f(params[0]), _f(params[1]))
+    if op == "ROPE":
+        assert _f(params[7]) == 0.0 and _f(params[8]) == 1.0  # ext_factor, attn_factor
+        cos, sin = ew.rope_cache(srcs[1].reshape(-1), params[1], _f(params[5]), _f(params[6]))
+        return ew.rope(srcs[0].reshape(srcs[0].shape[-3:]), cos, sin, params[1], params[2] == 2)
+    if op in ("GEGLU", "SWIGLU"):
+        return (ew.geglu if op == "GEGLU" else ew.swiglu)(srcs[0], srcs[1])
+    if op == "RMS_NORM":
+        return ew.rms_norm(srcs[0], None, _f(params[0]))
+    if op == "SCALE":
+        return ew.scale(srcs[0], _f(params[0]), _f(params[1]))
+    return ew.add(srcs[0], srcs[1])
+
+
+@pytest.mark.parametrize("path", golden_files(), ids=lambda p: p.stem)
+def test_fidelity_graph_nodes(path) -> None:
+    """Every SOFT_MAX, ROPE, GEGLU/SWIGLU, RMS_NORM, SCALE, ADD node of the whole-model goldens
+    whose sources were recorded (llama, qwen2, qwen3, gemma3 incl. SWA masks; prompt + decodes)."""
+    g = load_golden(path)
+    n_checked = 0
+    for si, step in enumerate(g.steps):
+        for node in step.nodes:
+            if node.op not in _NODE_OPS or node.store is None or None in node.src_keys:
+                continue
+            srcs = [g.tensor_by_key(si, k) for k in node.src_keys]
+            y = _node_output(node.op, node.op_params, srcs)
+            want = g.tensor_by_key(si, node.key).astype(np.float32).reshape(-1)
+            got = np.asarray(y, np.float32).reshape(-1)
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), \
+                f"step {si} {node.key} ({node.op})"
+            n_checked += 1
+    assert n_checked > 50
 
 
 def test_gelu_table_is_the_wheels() -> None:
