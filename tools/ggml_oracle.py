@@ -19,6 +19,13 @@ Covered ops (what llama.cpp's graphs of llama/qwen2/qwen3/gemma3 compute):
     flash_attn_ext fused attention over llama.cpp's KV-cache views (F16 K/V, F16 mask)
     rope_ext, rms_norm, glu (swiglu/geglu split), scale, add, mul, get_rows, unary (silu, gelu...)
     system_info    llama_print_system_info, ggml version/commit, llama_cpp.__version__
+
+Verified bit for bit against nodes llama.cpp computed inside whole models (tools/check_ggml_oracle.py
+over the 20 fidelity goldens: every weight matmul plain and CPU_REPACK, kq, kqv, soft_max, rope,
+rms_norm, swiglu, geglu; flash_attn_ext against `record_exact_golden.py --full` output of qwen3 F16:
+one_chunk (12-token prompt, decodes), tiled (80 and 300-token prompts) and split-KV (decode over 512
+cells, 1 and 2 threads)). Facts seen: CPU_REPACK and plain Q4_K matmuls differ in the last bits;
+matmul results do not depend on the thread count; the split-KV flash attention decode does.
 """
 
 from __future__ import annotations

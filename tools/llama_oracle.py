@@ -114,6 +114,7 @@ _NP = {0: np.float32, 1: np.float16, 24: np.int8, 25: np.int16, 26: np.int32, 27
 _BF16 = 30
 
 FTYPES = {"F32": L.LLAMA_FTYPE_ALL_F32, "F16": L.LLAMA_FTYPE_MOSTLY_F16,
+          "BF16": L.LLAMA_FTYPE_MOSTLY_BF16, "Q3_K_S": L.LLAMA_FTYPE_MOSTLY_Q3_K_S,
           "Q8_0": L.LLAMA_FTYPE_MOSTLY_Q8_0, "Q4_0": L.LLAMA_FTYPE_MOSTLY_Q4_0,
           "Q4_1": L.LLAMA_FTYPE_MOSTLY_Q4_1, "Q5_0": L.LLAMA_FTYPE_MOSTLY_Q5_0,
           "Q5_1": L.LLAMA_FTYPE_MOSTLY_Q5_1, "Q2_K": L.LLAMA_FTYPE_MOSTLY_Q2_K,
@@ -300,14 +301,17 @@ def quiet_logs(verbose: bool = False) -> None:
     L.llama_log_set(_LOG_SINK[0], ctypes.c_void_p())
 
 
-def quantize(src: str, dst: str, ftype: str, nthread: int = 1, verbose: bool = False) -> None:
-    """Quantize GGUF `src` into `dst` with llama.cpp's own llama_model_quantize (default params)."""
+def quantize(src: str, dst: str, ftype: str, nthread: int = 1, verbose: bool = False,
+             pure: bool = False) -> None:
+    """Quantize GGUF `src` into `dst` with llama.cpp's own llama_model_quantize (default params;
+    pure=True sets params.pure: every quantizable tensor gets the ftype's default type)."""
     quiet_logs(verbose)
     if ftype not in FTYPES:
         raise ValueError(f"unknown ftype {ftype!r}; known: {sorted(FTYPES)}")
     p = L.llama_model_quantize_default_params()
     p.ftype = FTYPES[ftype]
     p.nthread = nthread
+    p.pure = pure
     rc = L.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {dst}, {ftype}) failed: {rc}")

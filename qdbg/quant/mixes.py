@@ -25,13 +25,14 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 from qdbg.errors import UnsupportedError
 
 __all__ = [
-    "FTYPES", "LLAMA_MIXES", "FtypeInfo", "SUPPORTED_QTYPES", "ftype_info", "tensor_allows_quantization",
+    "FTYPES", "LLAMA_MIXES", "PURE_EXTRA", "FtypeInfo", "SUPPORTED_QTYPES", "ftype_info", "tensor_allows_quantization",
     "tensor_type", "tensor_types", "llama_tensor_order",
 ]
 
 # Tensor types qdbg can write (quantizers in qdbg.quant, plus plain floats).
 SUPPORTED_QTYPES = frozenset({
     Q.F32, Q.F16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q5_K, Q.Q6_K,
+    Q.BF16, Q.Q2_K, Q.Q3_K,
 })
 
 
@@ -79,6 +80,15 @@ LLAMA_MIXES: dict[str, FtypeInfo] = dict([
     _fi("MOSTLY_Q4_0", 2, Q.Q4_0, False),
 ])
 
+# More pure file types (llama.cpp's quantize with params.pure): used by the exact-mode goldens
+# (tools/record_exact_golden.py); kept apart from FTYPES, the list the synth goldens cover.
+# llama_ftype: MOSTLY_Q2_K = 10, Q3_K_S = 11 (default type Q3_K), MOSTLY_BF16 = 32.
+PURE_EXTRA: dict[str, FtypeInfo] = dict([
+    _fi("BF16", 32, Q.BF16, True),
+    _fi("Q3_K", 11, Q.Q3_K, True),
+    _fi("Q2_K", 10, Q.Q2_K, True),
+])
+
 # Substrings that keep a 2D ".weight" tensor unquantized (tensor_allows_quantization).
 _NO_QUANT_SUBSTR = (
     "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
@@ -98,7 +108,7 @@ _BLK = re.compile(r"^blk\.(\d+)\.")
 
 def ftype_info(ftype: str) -> FtypeInfo:
     """Look up an ftype name (see `FTYPES`, or a `LLAMA_MIXES` name); UnsupportedError if unknown."""
-    info = FTYPES.get(ftype) or LLAMA_MIXES.get(ftype)
+    info = FTYPES.get(ftype) or LLAMA_MIXES.get(ftype) or PURE_EXTRA.get(ftype)
     if info is None:
         raise UnsupportedError(f"unsupported ftype {ftype!r}; expected one of {', '.join(FTYPES)}")
     return info
