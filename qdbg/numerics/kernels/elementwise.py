@@ -55,7 +55,6 @@ def _softmax_rows(kq, mask, has_mask, scale, slopes, out):
     # kq, out: [H, N, K]; mask: [N, K] (row r of every head adds mask[r])
     n_head, n_rows, n = kq.shape
     wp = np.empty(n, np.float32)
-    v = np.empty(8, np.float32)
     for h in range(n_head):
         slope = slopes[h]
         for r in range(n_rows):
@@ -67,19 +66,16 @@ def _softmax_rows(kq, mask, has_mask, scale, slopes, out):
             mx = _NEG_INF
             for i in range(n):                                   # ggml_vec_max_f32: MAX(a, b)
                 mx = mx if mx > wp[i] else wp[i]
+            n8 = n - n % 8
+            for i in range(n8):                                  # 8-lane chunks: ggml_v_expf
+                out[h, r, i] = v_expf(wp[i] - mx)
             s = 0.0                                              # ggml_float
-            i = 0
-            while i + 7 < n:                                     # 8 lanes of ggml_v_expf
-                for l in range(8):
-                    v[l] = v_expf(wp[i + l] - mx)
-                    out[h, r, i + l] = v[l]
-                s += np.float64(hsum8(v))
-                i += 8
-            while i < n:                                         # scalar tail: libm expf
+            for i in range(0, n8, 8):                            # each chunk hsum8'd in float
+                s += np.float64(hsum8(out[h, r, i:i + 8]))
+            for i in range(n8, n):                               # scalar tail: libm expf
                 e = expf(wp[i] - mx)
                 s += np.float64(e)
                 out[h, r, i] = e
-                i += 1
             inv = np.float32(1.0 / s)
             for i in range(n):
                 out[h, r, i] = out[h, r, i] * inv
@@ -123,15 +119,12 @@ def softmax_ext(kq: np.ndarray, mask: np.ndarray | None, scale: float,
 @jit
 def _swiglu_rows(gate, up, out):
     n_rows, n = gate.shape
+    n8 = n - n % 8
     for r in range(n_rows):
-        i = 0
-        while i + 7 < n:                                         # ggml_v_silu(x) * g, 8 lanes
-            for l in range(8):
-                out[r, i + l] = v_silu(gate[r, i + l]) * up[r, i + l]
-            i += 8
-        while i < n:                                             # ggml_silu_f32(x) * g
+        for i in range(n8):                                      # 8-lane chunks: ggml_v_silu * g
+            out[r, i] = v_silu(gate[r, i]) * up[r, i]
+        for i in range(n8, n):                                   # tail: ggml_silu_f32(x) * g
             out[r, i] = silu_f32(gate[r, i]) * up[r, i]
-            i += 1
 
 
 @jit

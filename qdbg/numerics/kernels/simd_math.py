@@ -88,14 +88,10 @@ def v_expf(x):
     u = b * b
     j = fma32(fma32(fma32(_C0, b, _C1), u, fma32(_C2, b, _C3)), u, _C4 * b)
     an = abs(n)
-    if not (an > _126):
-        return fma32(k, j, k)
     g = _G if n <= _0 else np.uint32(0)
     s1 = bits_f32(g + _S1)
-    if an > _192:
-        return s1 * s1
-    s2 = bits_f32(e - g)
-    return fma32(s2, j, s2) * s1
+    big = s1 * s1 if an > _192 else fma32(bits_f32(e - g), j, bits_f32(e - g)) * s1
+    return big if an > _126 else fma32(k, j, k)  # selects, no branches: LLVM can vectorize
 
 
 @jit(inline="always")
