@@ -32,6 +32,10 @@ def _softmax_cases() -> list[dict]:
     for i, (h, n, kv) in enumerate([(8, 5, 256), (5, 9, 256), (3, 2, 13)]):  # ALiBi slopes
         out.append(dict(name=f"softmax_alibi_h{h}_n{n}_kv{kv}", op="softmax", seed=200 + i, h=h,
                         n=n, n_kv=kv, mask="causal", scale=0.125, max_bias=8.0, mag=8.0))
+    for i, (mt, mb) in enumerate([("F32", 8.0), ("F16", 8.0), ("F16", 0.0)]):  # slope*mask FMA
+        out.append(dict(name=f"softmax_noisy_{mt}_mb{int(mb)}", op="softmax", seed=210 + i, h=6,
+                        n=9, n_kv=256, mask="noisy", scale=0.2, max_bias=mb, mag=10.0,
+                        mask_type=mt))
     return out
 
 
@@ -102,6 +106,9 @@ def kq_mask(n: int, n_kv: int, kind: str, seed: int) -> np.ndarray | None:
         ok = (k_pos <= q_pos) & (k_pos < n_fill)
         if kind.startswith("swa"):
             ok &= (q_pos - k_pos) < int(kind[3:])
+    if kind == "noisy":  # finite non-zero values (half-representable) where attention is allowed
+        vals = rng.standard_normal(ok.shape).astype(np.float16).astype(F32)
+        return np.where(ok, vals, F32(-np.inf)).astype(F32)
     return np.where(ok, F32(0.0), F32(-np.inf)).astype(F32)
 
 
@@ -112,6 +119,8 @@ def inputs(case: dict) -> dict[str, np.ndarray]:
     if op == "softmax":
         kq = (rng.standard_normal((case["h"], case["n"], case["n_kv"])) * case["mag"]).astype(F32)
         m = kq_mask(case["n"], case["n_kv"], case["mask"], case["seed"])
+        if m is not None and case.get("mask_type") == "F16":
+            m = m.astype(np.float16)
         return {"kq": kq} if m is None else {"kq": kq, "mask": m}
     if op in ("swiglu", "geglu"):
         shape = (case["rows"], case["cols"])

@@ -33,7 +33,8 @@ def run(case: dict, a: dict[str, np.ndarray], n_threads: int) -> np.ndarray:
     """The case's op through the wheel's ggml."""
     op, t = case["op"], n_threads
     if op == "softmax":
-        return go.soft_max_ext(a["kq"], a.get("mask"), case["scale"], case["max_bias"], n_threads=t)
+        return go.soft_max_ext(a["kq"], a.get("mask"), case["scale"], case["max_bias"],
+                               mask_type=case.get("mask_type", "F32"), n_threads=t)
     if op in ("swiglu", "geglu"):
         return go.glu(a["gate"], a["up"], op, n_threads=t)
     if op == "rope":
