@@ -11,27 +11,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdbg.numerics.kernels.fa_math import expf, vec_dot_f16_f32q
+from qdbg.numerics.kernels.fa_math import dot_f16_scores, expf
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, jit, round_f16
 
 _NEG_INF = np.float32(-np.inf)
 
 
-@jit
-def chunk_row(qh, k, v, mrow, scale, ic0, ic1, vkq):
-    """One query row against keys [ic0, ic1): qh f32 (half-rounded) [DK]; k, v uint16 [n_kv, D]
-    (one KV head); mrow f32 [n_kv]. Writes the unnormalised VKQ (f32 of the half accumulator) to
-    vkq; returns (M, S)."""
-    dv = v.shape[1]
-    acc = np.zeros(dv, np.float32)  # VKQ16 values (always half-representable)
+@jit(inline="always")
+def chunk_row(sc, v, hv, mrow, scale, ic0, ic1, vkq):
+    """One query row over keys [ic0, ic1): sc f32 [n_kv] its vec_dot_f16 scores; v uint16
+    [n_kv, n_head_kv, DV], hv its KV head; mrow f32 [n_kv]. Writes the unnormalised VKQ (f32 of
+    the half accumulator) to vkq; returns (M, S)."""
+    dv = v.shape[2]
+    for d in range(dv):
+        vkq[d] = 0.0  # VKQ16 values (always half-representable)
     S = np.float32(0.0)
     M = _NEG_INF
     for ic in range(ic0, ic1):
         mv = mrow[ic]
         if mv == _NEG_INF:
             continue
-        s = vec_dot_f16_f32q(k[ic], qh)
-        s = s * scale
+        s = sc[ic] * scale
         s = s + mv
         ms = np.float32(1.0)
         vs = np.float32(1.0)
@@ -40,16 +40,28 @@ def chunk_row(qh, k, v, mrow, scale, ic0, ic1, vkq):
             M = s
             ms = expf(Mold - M)
             for d in range(dv):
-                acc[d] = round_f16(acc[d] * ms)
+                vkq[d] = round_f16(vkq[d] * ms)
         else:
             vs = expf(s - M)
-        vrow = v[ic]
         for d in range(dv):
-            acc[d] = round_f16(fma32(f16_bits_to_f32(vrow[d]), vs, acc[d]))
+            vkq[d] = round_f16(fma32(f16_bits_to_f32(v[ic, hv, d]), vs, vkq[d]))
         S = fma32(S, ms, vs)
-    for d in range(dv):
-        vkq[d] = acc[d]
     return M, S
+
+
+@jit
+def _group_scores(q, k, hk, rk, rows):
+    """Scores of the first `rows` tokens of query heads [hk*rk, (hk+1)*rk): f32 [rk*rows, n_kv]
+    (row (h - hk*rk)*rows + t)."""
+    dk = q.shape[2]
+    qg = np.empty((rk * rows, dk), np.float32)
+    for g in range(rk):
+        for t in range(rows):
+            for i in range(dk):
+                qg[g * rows + t, i] = round_f16(q[t, hk * rk + g, i])
+    sc = np.empty((rk * rows, k.shape[0]), np.float32)
+    dot_f16_scores(k, hk, qg, sc)
+    return sc
 
 
 @jit
@@ -59,20 +71,17 @@ def one_chunk(q, k, v, mask, scale, out):
     n_tok, n_head, dk = q.shape
     n_kv = k.shape[0]
     rk = n_head // k.shape[1]
-    rv = n_head // v.shape[1]
     dv = v.shape[2]
-    qh = np.empty(dk, np.float32)
     vkq = np.empty(dv, np.float32)
-    for h in range(n_head):
-        kh = np.ascontiguousarray(k[:, h // rk, :])
-        vh = np.ascontiguousarray(v[:, h // rv, :])
-        for t in range(n_tok):
-            for i in range(dk):
-                qh[i] = round_f16(q[t, h, i])
-            M, S = chunk_row(qh, kh, vh, mask[t], scale, 0, n_kv, vkq)
-            s_inv = np.float32(0.0) if S == np.float32(0.0) else np.float32(1.0) / S
-            for d in range(dv):
-                out[t, h, d] = vkq[d] * s_inv
+    for hk in range(k.shape[1]):
+        sc = _group_scores(q, k, hk, rk, n_tok)
+        for g in range(rk):
+            h = hk * rk + g
+            for t in range(n_tok):
+                M, S = chunk_row(sc[g * n_tok + t], v, hk, mask[t], scale, 0, n_kv, vkq)
+                s_inv = np.float32(0.0) if S == np.float32(0.0) else np.float32(1.0) / S
+                for d in range(dv):
+                    out[t, h, d] = vkq[d] * s_inv
     return out
 
 
@@ -85,38 +94,35 @@ def split_decode(q, k, v, mask, scale, nth, out):
     n_tok, n_head, dk = q.shape
     n_kv = k.shape[0]
     rk = n_head // k.shape[1]
-    rv = n_head // v.shape[1]
     dv = v.shape[2]
     chunk = (n_kv + nth - 1) // nth
-    qh = np.empty(dk, np.float32)
     vkq = np.empty(dv, np.float32)
     fin = np.empty(dv, np.float32)
-    for h in range(n_head):
-        kh = np.ascontiguousarray(k[:, h // rk, :])
-        vh = np.ascontiguousarray(v[:, h // rv, :])
-        for i in range(dk):
-            qh[i] = round_f16(q[0, h, i])
-        Mf = _NEG_INF
-        Sf = np.float32(0.0)
-        fin[:] = 0.0
-        for c in range(nth):
-            ic0 = c * chunk
-            if ic0 >= n_kv:
-                continue
-            Mc, Sc = chunk_row(qh, kh, vh, mask[0], scale, ic0, min(ic0 + chunk, n_kv), vkq)
-            if Sc == np.float32(0.0):
-                continue
-            Mn = max(Mf, Mc)
-            a = expf(Mf - Mn)
-            b = expf(Mc - Mn)
+    for hk in range(k.shape[1]):
+        sc = _group_scores(q, k, hk, rk, 1)
+        for g in range(rk):
+            h = hk * rk + g
+            Mf = _NEG_INF
+            Sf = np.float32(0.0)
+            fin[:] = 0.0
+            for c in range(nth):
+                ic0 = c * chunk
+                if ic0 >= n_kv:
+                    continue
+                Mc, Sc = chunk_row(sc[g], v, hk, mask[0], scale, ic0, min(ic0 + chunk, n_kv), vkq)
+                if Sc == np.float32(0.0):
+                    continue
+                Mn = max(Mf, Mc)
+                a = expf(Mf - Mn)
+                b = expf(Mc - Mn)
+                for d in range(dv):
+                    fin[d] = fma32(fin[d], a, vkq[d] * b)
+                Sf = fma32(Sf, a, Sc * b)
+                Mf = Mn
+            if Sf != np.float32(0.0):
+                s_inv = np.float32(1.0) / Sf
+                for d in range(dv):
+                    fin[d] = fin[d] * s_inv
             for d in range(dv):
-                fin[d] = fma32(fin[d], a, vkq[d] * b)
-            Sf = fma32(Sf, a, Sc * b)
-            Mf = Mn
-        if Sf != np.float32(0.0):
-            s_inv = np.float32(1.0) / Sf
-            for d in range(dv):
-                fin[d] = fin[d] * s_inv
-        for d in range(dv):
-            out[0, h, d] = fin[d]
+                out[0, h, d] = fin[d]
     return out

@@ -3,8 +3,8 @@
 - `expf`: libm's expf (llvm.exp.f32 lowers to a call of the process's glibc expf, the one
   libggml-cpu calls).
 - `v_expf_lane`: one lane of ggml_v_expf(__m256) (vec.h), the ARM-derived polynomial exp.
-- `vec_dot_f16_f32q`: ggml_vec_dot_f16 (vec.cpp, AVX2 path) of a K row (half bits) with a Q row
-  already rounded to half and held as float32.
+- `dot_f16_scores`: ggml_vec_dot_f16 (vec.cpp, AVX2 path) of K rows with a Q row
+  already rounded to half, for a range of keys at once.
 """
 
 from __future__ import annotations
@@ -81,22 +81,41 @@ def v_expf_lane(x):
     return fma32(s2, j, s2) * s1
 
 
-@jit(inline="always")
-def vec_dot_f16_f32q(k, q):
-    """ggml_vec_dot_f16(n, k, q): 4 x 8-lane F32 accumulators over steps of 32 (fma per lane),
-    reduce (a0+a2)+(a1+a3), then lo128+hi128 and two hadds; leftovers added in double."""
-    n = q.shape[0]
+@jit
+def dot_f16_scores(k, hk, qg, sc):
+    """sc[r, ic] = ggml_vec_dot_f16(K[ic, hk], Q[r]) for every key: k uint16 [n_kv, n_head_kv, DK],
+    qg f32 [R, DK] (half-rounded Q rows), sc f32 [R, n_kv]. Per key: 4 x 8-lane FMA accumulators
+    over 32-wide steps, (a0+a2)+(a1+a3), lo128+hi128, two hadds, leftovers in double. Computed
+    on 64-key blocks of K transposed, so the key axis vectorizes."""
+    n_kv = k.shape[0]
+    n = qg.shape[1]
     np_ = n - n % 32
-    acc = np.zeros(32, np.float32)
-    for i in range(0, np_, 32):
-        for l in range(32):
-            acc[l] = fma32(f16_bits_to_f32(k[i + l]), q[i + l], acc[l])
-    t = np.empty(4, np.float32)
-    for l in range(4):
-        s_lo = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l])
-        s_hi = (acc[4 + l] + acc[20 + l]) + (acc[12 + l] + acc[28 + l])
-        t[l] = s_lo + s_hi
-    sumf = np.float64((t[0] + t[1]) + (t[2] + t[3]))
-    for i in range(np_, n):
-        sumf += np.float64(f16_bits_to_f32(k[i]) * q[i])
-    return np.float32(sumf)
+    ktb = np.empty((n, 64), np.float32)
+    acc = np.empty((32, 64), np.float32)
+    for b0 in range(0, n_kv, 64):
+        nb = min(64, n_kv - b0)
+        for j in range(nb):
+            for d in range(n):
+                ktb[d, j] = f16_bits_to_f32(k[b0 + j, hk, d])
+        for r in range(qg.shape[0]):
+            for l in range(32):
+                for j in range(nb):
+                    acc[l, j] = 0.0
+            for i in range(0, np_, 32):
+                for l in range(32):
+                    qv = qg[r, i + l]
+                    for j in range(nb):
+                        acc[l, j] = fma32(ktb[i + l, j], qv, acc[l, j])
+            for j in range(nb):
+                t0 = ((acc[0, j] + acc[16, j]) + (acc[8, j] + acc[24, j])) + \
+                    ((acc[4, j] + acc[20, j]) + (acc[12, j] + acc[28, j]))
+                t1 = ((acc[1, j] + acc[17, j]) + (acc[9, j] + acc[25, j])) + \
+                    ((acc[5, j] + acc[21, j]) + (acc[13, j] + acc[29, j]))
+                t2 = ((acc[2, j] + acc[18, j]) + (acc[10, j] + acc[26, j])) + \
+                    ((acc[6, j] + acc[22, j]) + (acc[14, j] + acc[30, j]))
+                t3 = ((acc[3, j] + acc[19, j]) + (acc[11, j] + acc[27, j])) + \
+                    ((acc[7, j] + acc[23, j]) + (acc[15, j] + acc[31, j]))
+                sumf = np.float64((t0 + t1) + (t2 + t3))
+                for i in range(np_, n):
+                    sumf += np.float64(ktb[i, j] * qg[r, i])
+                sc[r, b0 + j] = np.float32(sumf)
