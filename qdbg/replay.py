@@ -11,7 +11,7 @@ import numpy as np
 
 from qdbg.breakpoints import BreakpointList
 from qdbg.errors import UsageError
-from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session, parse_scope
+from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session, numerics_label, parse_scope
 from qdbg.trace import load_trace
 from qdbg.trace_schema import ModelInfo, Trace
 
@@ -85,6 +85,9 @@ class ReplaySession(Session):
 
     def numerics_info(self) -> dict[str, Any]:
         return dict(self.trace.numerics)
+
+    def numerics_label(self) -> str:
+        return numerics_label(self.numerics_info())
 
     def numerics_text(self) -> str:
         n = self.trace.numerics

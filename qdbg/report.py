@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session
 from qdbg.trace import Trace, snapshot
-from qdbg.util import atomic_write
+from qdbg.util import write_text
 
 THRESHOLDS = (("rel_rms", ">", 0.01), ("rel_rms", ">", 0.05), ("rel_rms", ">", 0.1),
               ("sqnr", "<", 30.0), ("sqnr", "<", 20.0))
@@ -118,7 +118,14 @@ def _config(tr: Trace) -> list[str]:
                f"context {c.n_ctx_train}, rope {_txt(c.rope_type)}, ffn {_txt(c.ffn_act)}")
     scope = {SCOPE_LAST: "last (the last position of each pass)", SCOPE_ALL: "all positions"}.get(
         tr.scope, f"position {tr.scope}")  # type: ignore[call-overload]
+    prof = (tr.numerics or {}).get("profile") or {}
+    settings = (tr.numerics or {}).get("settings") or {}
     out.append(f"- Mode: {_txt(tr.mode)}; scope: {scope}; top-k: {tr.top_k}")
+    if prof:
+        out.append(f"- Numerics: reproduces {_txt(prof.get('description', prof.get('id', '')))}, bit for bit"
+                   + (f" (micro-batch {settings.get('n_ubatch')}, context {settings.get('n_ctx')}, flash "
+                      f"attention {'on' if settings.get('flash_attn') else 'off'}, {settings.get('n_threads')} "
+                      f"thread(s))" if settings else ""))
     out.append("- Sides: A and B are the quantizations compared (B is the denominator of every ratio)"
                + ("; R is the reference." if "R" in tr.labels else "."))
     if tr.prompt_text is not None:
@@ -473,7 +480,6 @@ def render_report(obj: Trace | Session, *, max_detail_passes: int = 2) -> str:
 
 
 def write_report(obj: Trace | Session, path: str | os.PathLike, **kw: Any) -> Path:
-    """render_report(obj) written atomically to `path` (UTF-8)."""
-    text = render_report(obj, **kw).encode("utf-8")
-    atomic_write(Path(path), lambda f: f.write(text))
+    """render_report(obj) saved to `path` (UTF-8) by qdbg.util.write_text; '-' is standard output."""
+    write_text(path, render_report(obj, **kw))
     return Path(path)

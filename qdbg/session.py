@@ -111,6 +111,12 @@ def check_match(models: dict[str, Any]) -> None:
                         f"(token {i}: {va[i]!r} vs {vb[i]!r})")
 
 
+def numerics_label(info: dict[str, Any]) -> str:
+    """A few words naming a numerics JSON record: the mode and the build it reproduces."""
+    prof = info.get("profile") or {}
+    return f"{info.get('mode', '?')}" + (f" ({prof['label']})" if prof.get("label") else "")
+
+
 class Session:
     """Lockstep stepping of A, B (and R) over one token sequence; see the module docstring."""
 
@@ -164,6 +170,10 @@ class Session:
     def numerics_info(self) -> dict[str, Any]:
         """The numeric mode, the llama.cpp build it reproduces, and the run settings (JSON)."""
         return self.engines["A"].numerics.to_json()
+
+    def numerics_label(self) -> str:
+        """A few words for headers: 'exact (llama.cpp 0.3.36 x86-64 AVX2)', 'f32'."""
+        return numerics_label(self.numerics_info())
 
     def numerics_text(self) -> str:
         """One line for headers: the mode and what it reproduces."""

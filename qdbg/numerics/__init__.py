@@ -16,7 +16,7 @@ from qdbg.numerics.profile import PROFILES, X86_AVX2_0336, BuildProfile
 from qdbg.numerics.reference import F32Numerics, GgmlNumerics
 
 MODES: dict[str, type[Numerics]] = {"exact": ExactNumerics, "f32": F32Numerics, "ggml": GgmlNumerics}
-DEFAULT_MODE = "ggml"  # becomes "exact" once every exact kernel is in
+DEFAULT_MODE = "exact"
 
 __all__ = ["BuildProfile", "DEFAULT_MODE", "ExactNumerics", "F32Numerics", "GgmlNumerics", "MODES",
            "Numerics", "PROFILES", "RunSettings", "X86_AVX2_0336", "make_numerics"]

@@ -159,3 +159,22 @@ class ExactNumerics(Numerics):
         from qdbg.numerics.kernels.elementwise import softcap
 
         return softcap(x, cap)
+
+
+def coverage(tensors: dict[str, tuple[QT, tuple[int, ...]]]) -> dict[str, object]:
+    """How exact mode runs a model's matrices: {profile, repacked: [...], approximate: [...]}.
+
+    `tensors` maps a tensor name to (type, numpy shape). Matrices of a type without an exact
+    kernel run approximately (and are named); repacked ones are those llama.cpp keeps in
+    its CPU_REPACK buffer.
+    """
+    repacked, approx = [], []
+    for name, (qt, shape) in tensors.items():
+        if len(shape) != 2:
+            continue
+        probe = Weight(name, qt, np.empty(0, F32), shape=shape)
+        if qt not in EXACT_TYPES:
+            approx.append(f"{name} ({QT(qt).name})")
+        elif is_repacked(probe):
+            repacked.append(name)
+    return {"profile": X86_AVX2_0336.to_json(), "repacked": repacked, "approximate": approx}

@@ -21,13 +21,20 @@ class BuildProfile:
     isa: str                # what the CPU backend was compiled for
     features: tuple[str, ...]  # compile-time paths that change the arithmetic
 
+    @property
+    def label(self) -> str:
+        """Short name for headers, e.g. 'llama.cpp 0.3.36 x86-64 AVX2'."""
+        return f"llama.cpp {self.llama_cpp_python} {self.isa.split(' CPU')[0].split(',')[0]}" + (
+            " AVX2" if "AVX2" in self.isa else "")
+
     def describe(self) -> str:
         return (f"llama.cpp of llama-cpp-python {self.llama_cpp_python} (ggml {self.ggml}), "
                 f"{self.isa}, {', '.join(self.features)}")
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "llama_cpp_python": self.llama_cpp_python, "ggml": self.ggml,
-                "isa": self.isa, "features": list(self.features), "description": self.describe()}
+                "isa": self.isa, "features": list(self.features), "label": self.label,
+                "description": self.describe()}
 
 
 # The portable wheel: llama_print_system_info() says

@@ -82,7 +82,7 @@ class SessionHeader(Widget):
             out.append("\n")
             rec = s.current
             layer = "—" if rec is None or rec.layer is None else str(rec.layer)
-            parts = [f"mode {s.mode}", f"scope {s.scope}", position_text(s, rec),
+            parts = [f"mode {s.numerics_label()}", f"scope {s.scope}", position_text(s, rec),
                      f"layer {layer}", token_text(s, rec), f"pass {rec.step if rec else 0}"]
             if rec is not None:
                 parts.insert(3, rec.name)
