@@ -25,6 +25,8 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from qdbg.errors import UnsupportedError
+from qdbg.numerics.kernels.fl_simd import (dot_lanes_8_1x1, dot_lanes_8_4x1, dot_lanes_8_4x3,
+                                           dot_lanes_32_1x1, dot_lanes_32_1x4)
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, f32_to_f16_bits, fma32, hsum8, jit
 
 # which loop computes each element
@@ -41,12 +43,12 @@ def _hsum_hadd(v):
 
 
 @jit(inline="always")
-def _fold4(acc):
-    """GGML_F32_ARR = 4 accumulators [4, 8] -> (acc0+acc2)+(acc1+acc3) per lane."""
-    v = np.empty(8, np.float32)
-    for l in range(8):
-        v[l] = (acc[0, l] + acc[2, l]) + (acc[1, l] + acc[3, l])
-    return v
+def _fold4(v, o):
+    """GGML_F32_ARR = 4 accumulators at v[o + 8j + l] -> (acc0 + acc2) + (acc1 + acc3), 8 lanes."""
+    return ((v[o] + v[o + 16]) + (v[o + 8] + v[o + 24]), (v[o + 1] + v[o + 17]) + (v[o + 9] + v[o + 25]),
+            (v[o + 2] + v[o + 18]) + (v[o + 10] + v[o + 26]), (v[o + 3] + v[o + 19]) + (v[o + 11] + v[o + 27]),
+            (v[o + 4] + v[o + 20]) + (v[o + 12] + v[o + 28]), (v[o + 5] + v[o + 21]) + (v[o + 13] + v[o + 29]),
+            (v[o + 6] + v[o + 22]) + (v[o + 14] + v[o + 30]), (v[o + 7] + v[o + 23]) + (v[o + 15] + v[o + 31]))
 
 
 @jit
@@ -54,53 +56,37 @@ def vec_dot_f16(n, x_bits, x_off, y_bits, y_off):
     """ggml_vec_dot_f16 on AVX2+F16C: 4 x 8-lane FMA accumulators over 32-wide steps,
     GGML_F32x8_REDUCE, then the scalar tail summed in double; returns float32."""
     np_ = n & ~31
-    acc = np.zeros((4, 8), np.float32)
+    acc = np.zeros(32, np.float32)  # sum[j] lane l at 8j + l
     for i in range(0, np_, 32):
-        for j in range(4):
-            for l in range(8):
-                p = i + j * 8 + l
-                acc[j, l] = fma32(f16_bits_to_f32(x_bits[x_off + p]),
-                                  f16_bits_to_f32(y_bits[y_off + p]), acc[j, l])
-    sumf = np.float64(_hsum_hadd(_fold4(acc)))
+        for p in range(32):
+            acc[p] = fma32(f16_bits_to_f32(x_bits[x_off + i + p]),
+                           f16_bits_to_f32(y_bits[y_off + i + p]), acc[p])
+    sumf = np.float64(_hsum_hadd(_fold4(acc, 0)))
     for i in range(np_, n):
         sumf += np.float64(f16_bits_to_f32(x_bits[x_off + i]) * f16_bits_to_f32(y_bits[y_off + i]))
     return np.float32(sumf)
 
 
 @jit(inline="always")
-def _dot_tinyblas(a, b, t, k):
-    """tinyBLAS<8, __m256> gemm_bloc element: row a (float32 [k]) . b[t]."""
-    acc = np.zeros(8, np.float32)
-    for s in range(0, k, 8):
-        for l in range(8):
-            acc[l] = fma32(a[s + l], b[t, s + l], acc[l])
-    return hsum8(acc)
-
-
-@jit(inline="always")
-def _dot_vec(a, b, t, k, path):
-    """ggml_vec_dot_{f32,f16,bf16} (AVX2) on decoded float32 operands a [k] . b[t]."""
-    np_ = k & ~31
-    acc = np.zeros((4, 8), np.float32)
-    for i in range(0, np_, 32):
-        for j in range(4):
-            for l in range(8):
-                p = i + j * 8 + l
-                acc[j, l] = fma32(a[p], b[t, p], acc[j, l])
-    v = _fold4(acc)
+def _finish(lv, o, row, b, t, k, kmain, path):
+    """One element from its lanes lv[o:o+8] (tinyBLAS) or lv[o:o+32] (vec_dot: accumulator j,
+    lane l at o + 8j + l): the reduction of `path`, then vec_dot's scalar tail over kmain..k."""
+    if path == _TINYBLAS:
+        return hsum8(lv[o:o + 8])
+    v = _fold4(lv, o)
     if path == _VD_F32:
         # float sumf; GCC vectorized the tail in 8s and 4s as mul-then-add, the last k % 4 are FMAs
         sumf = _hsum_hadd(v)
-        n4 = np_ + ((k - np_) & ~3)
-        for i in range(np_, n4):
-            sumf = sumf + a[i] * b[t, i]
-        for i in range(n4, k):
-            sumf = fma32(a[i], b[t, i], sumf)
+        n4 = kmain + ((k - kmain) & ~3)
+        for p in range(kmain, n4):
+            sumf = sumf + row[p] * b[t, p]
+        for p in range(n4, k):
+            sumf = fma32(row[p], b[t, p], sumf)
         return sumf
-    # f16: hadd reduce; bf16: (c1+c3)+(c2+c4) then movehl/movehdup = hsum8 order; double tail
+    # f16: the same hadd reduce; bf16: (c1+c3)+(c2+c4) then movehl/movehdup = hsum8's order
     sumd = np.float64(_hsum_hadd(v) if path == _VD_F16 else hsum8(v))
-    for i in range(np_, k):
-        sumd += np.float64(a[i] * b[t, i])
+    for p in range(kmain, k):  # scalar tail in double; the float products are exact
+        sumd += np.float64(row[p] * b[t, p])
     return np.float32(sumd)
 
 
@@ -121,18 +107,44 @@ def _decode_row(w, i, kind, row, row_u):
 
 @jit
 def _mm(w, kind, b, path, out):
-    """out[t, i] = row i of w (decoded) . b[t] in the order of `path`; b float32 [n, k]."""
+    """out[t, i] = row i of w . b[t] in the order of `path`; b float32 [n, k] C-contiguous.
+    Lanes: 8 per tinyBLAS element, 32 (= 4 accumulators x 8) per vec_dot element up to k & ~31.
+    Weight rows are decoded once; tinyBLAS runs 4-row x 3-token tiles (m % 4 == 0 there)."""
     m = w.shape[0]
     n, k = b.shape
-    row_u = np.empty(k, np.uint32)
-    row = row_u.view(np.float32)
-    for i in range(m):
-        _decode_row(w, i, kind, row, row_u)
-        for t in range(n):
-            if path == _TINYBLAS:
-                out[t, i] = _dot_tinyblas(row, b, t, k)
+    tb = path == _TINYBLAS
+    width = 8 if tb else 32
+    kmain = k if tb else k & ~31
+    steps = kmain // width
+    nr = 4 if tb and m % 4 == 0 else 1
+    rows_u = np.empty(nr * k, np.uint32)
+    rows = rows_u.view(np.float32)
+    bf = b.reshape(-1)
+    lv = np.empty(12 * width, np.float32)
+    for i0 in range(0, m, nr):
+        for r in range(nr):
+            _decode_row(w, i0 + r, kind, rows[r * k:(r + 1) * k], rows_u[r * k:(r + 1) * k])
+        t = 0
+        while t < n:
+            if tb:
+                nt = 3 if n - t >= 3 and nr == 4 else 1
+                if nr == 1:
+                    dot_lanes_8_1x1(rows, 0, k, bf, t * k, k, steps, lv, 0)
+                elif nt == 3:
+                    dot_lanes_8_4x3(rows, 0, k, bf, t * k, k, steps, lv, 0)
+                else:
+                    dot_lanes_8_4x1(rows, 0, k, bf, t * k, k, steps, lv, 0)
             else:
-                out[t, i] = _dot_vec(row, b, t, k, path)
+                nt = 4 if n - t >= 4 else 1
+                if nt == 4:
+                    dot_lanes_32_1x4(rows, 0, k, bf, t * k, k, steps, lv, 0)
+                else:
+                    dot_lanes_32_1x1(rows, 0, k, bf, t * k, k, steps, lv, 0)
+            for r in range(nr):
+                row = rows[r * k:(r + 1) * k]
+                for j in range(nt):
+                    out[t + j, i0 + r] = _finish(lv, (r * nt + j) * width, row, b, t + j, k, kmain, path)
+            t += nt
 
 
 @jit
