@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from qdbg.errors import QdbgError
-from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, hsum8, jit
+from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, jit
 from qdbg.quant.activations import quantize_q8_0, quantize_q8_1
 
 # type -> (kernel code, bytes per 32-value block)
@@ -38,74 +38,92 @@ _TYPES: dict[QT, tuple[int, int]] = {
 LEGACY_MATMUL_TYPES = tuple(_TYPES)
 
 
+@jit(inline="always")
+def _f16(row, o):
+    return f16_bits_to_f32(np.uint16(row[o]) | (np.uint16(row[o + 1]) << np.uint16(8)))
+
+
+@jit(inline="always")
+def _u32(row, o):
+    return (np.uint32(row[o]) | (np.uint32(row[o + 1]) << np.uint32(8))
+            | (np.uint32(row[o + 2]) << np.uint32(16)) | (np.uint32(row[o + 3]) << np.uint32(24)))
+
+
 @jit
 def _decode_row(row, code, nb, v, d, m):
-    """One GGUF row -> int8 values v [nb*32], f32 scales d [nb], f32 mins m [nb] (0 if none)."""
-    bsz = (18, 20, 22, 24, 34)[code]
+    """One GGUF row -> int16 values v [nb*32], f32 scales d [nb], f32 mins m [nb] (0 if none)."""
+    if code == 4:                                              # Q8_0
+        for b in range(nb):
+            d[b] = _f16(row, b * 34)
+            m[b] = np.float32(0.0)
+        for b in range(nb):
+            o = b * 34 + 2
+            for i in range(32):
+                v[b * 32 + i] = np.int16(np.int8(row[o + i]))
+        return
+    bsz = (18, 20, 22, 24)[code]
+    qs = (2, 4, 6, 8)[code]
+    off = (8, 0, 16, 0)[code]
     for b in range(nb):
         o = b * bsz
-        d[b] = f16_bits_to_f32(np.uint16(row[o]) | (np.uint16(row[o + 1]) << np.uint16(8)))
-        if code == 1 or code == 3:
-            m[b] = f16_bits_to_f32(np.uint16(row[o + 2]) | (np.uint16(row[o + 3]) << np.uint16(8)))
-        else:
-            m[b] = np.float32(0.0)
-        vb = v[b * 32:b * 32 + 32]
-        if code == 4:
-            for i in range(32):
-                vb[i] = np.int8(np.int32(row[o + 2 + i]) - 256 * np.int32(row[o + 2 + i] >> 7))
-        else:
-            qo = o + 2 if code == 0 else (o + 4 if code == 1 else (o + 6 if code == 2 else o + 8))
-            qh = np.uint32(0)
-            if code == 2 or code == 3:
-                ho = o + 2 if code == 2 else o + 4
-                qh = (np.uint32(row[ho]) | (np.uint32(row[ho + 1]) << np.uint32(8))
-                      | (np.uint32(row[ho + 2]) << np.uint32(16)) | (np.uint32(row[ho + 3]) << np.uint32(24)))
-            off = 8 if code == 0 else (16 if code == 2 else 0)
-            for i in range(16):
-                lo = np.int32(row[qo + i] & 15) + np.int32((qh >> np.uint32(i)) & np.uint32(1)) * 16
-                hi = np.int32(row[qo + i] >> 4) + np.int32((qh >> np.uint32(i + 16)) & np.uint32(1)) * 16
-                vb[i] = np.int8(lo - off)
-                vb[i + 16] = np.int8(hi - off)
+        d[b] = _f16(row, o)
+        m[b] = _f16(row, o + 2) if code == 1 or code == 3 else np.float32(0.0)
+        qh = np.uint32(0)
+        if code == 2:
+            qh = _u32(row, o + 2)
+        elif code == 3:
+            qh = _u32(row, o + 4)
+        for i in range(16):
+            q = np.int32(row[o + qs + i])
+            v[b * 32 + i] = np.int16((q & 15) + (np.int32((qh >> np.uint32(i)) & np.uint32(1)) << 4) - off)
+            v[b * 32 + i + 16] = np.int16((q >> 4) + (np.int32((qh >> np.uint32(i + 16)) & np.uint32(1)) << 4) - off)
 
 
 @jit
-def _mm_legacy(w, code, n_in, aq, ad, asum, repacked, out):
-    """out[t, o] for raw rows w [n_out, row_bytes] and Q8 activations (aq, ad, asum)."""
+def _mm_legacy(w, code, n_in, a16, ad, asum, repacked, out):
+    """out[t, o] for raw rows w [n_out, row_bytes] and Q8 activations (a16 = codes as int16, ad, asum)."""
     n_out = w.shape[0]
-    n_tok = aq.shape[0]
+    n_tok = a16.shape[0]
     nb = n_in // 32
-    v = np.empty(n_in, np.int8)
+    v = np.empty(n_in, np.int16)
     dw = np.empty(nb, np.float32)
     mw = np.empty(nb, np.float32)
-    isum = np.empty(nb * 8, np.int32)
-    acc = np.empty(8, np.float32)
+    pair = np.empty(n_in // 2, np.int32)
+    isum = np.empty((n_tok, nb * 8), np.int32)
     has_min = code == 1 or code == 3
     for o in range(n_out):
         _decode_row(w[o], code, nb, v, dw, mw)
+        # lane sums: isum[t, b*8 + j] = sum of v*a over values 4j..4j+3 of block b (exact int;
+        # pairs first, the pmaddwd pattern LLVM vectorizes)
         for t in range(n_tok):
-            a = aq[t]
-            # lane sums: isum[b*8 + j] = sum of v*a over values 4j..4j+3 of block b (exact int)
+            for i in range(n_in // 2):
+                pair[i] = (np.int32(v[2 * i]) * np.int32(a16[t, 2 * i])
+                           + np.int32(v[2 * i + 1]) * np.int32(a16[t, 2 * i + 1]))
             for i in range(nb * 8):
-                s = np.int32(0)
-                for e in range(4):
-                    s += np.int32(v[4 * i + e]) * np.int32(a[4 * i + e])
-                isum[i] = s
-            if repacked:
+                isum[t, i] = pair[2 * i] + pair[2 * i + 1]
+        for t in range(n_tok):
+            if repacked:                                       # one accumulator, whole blocks
                 r = np.float32(0.0)
                 for b in range(nb):
-                    s = np.int32(0)
-                    for j in range(8):
-                        s += isum[b * 8 + j]
+                    q = b * 8
+                    s = (((isum[t, q] + isum[t, q + 1]) + (isum[t, q + 2] + isum[t, q + 3]))
+                         + ((isum[t, q + 4] + isum[t, q + 5]) + (isum[t, q + 6] + isum[t, q + 7])))
                     r = fma32(np.float32(s), dw[b] * ad[t, b], r)
                 out[t, o] = r
                 continue
-            for j in range(8):
-                acc[j] = np.float32(0.0)
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)   # 8 lanes of one __m256
             for b in range(nb):
                 dd = dw[b] * ad[t, b]
-                for j in range(8):
-                    acc[j] = fma32(dd, np.float32(isum[b * 8 + j]), acc[j])
-            r = hsum8(acc)
+                q = b * 8
+                a0 = fma32(dd, np.float32(isum[t, q]), a0)
+                a1 = fma32(dd, np.float32(isum[t, q + 1]), a1)
+                a2 = fma32(dd, np.float32(isum[t, q + 2]), a2)
+                a3 = fma32(dd, np.float32(isum[t, q + 3]), a3)
+                a4 = fma32(dd, np.float32(isum[t, q + 4]), a4)
+                a5 = fma32(dd, np.float32(isum[t, q + 5]), a5)
+                a6 = fma32(dd, np.float32(isum[t, q + 6]), a6)
+                a7 = fma32(dd, np.float32(isum[t, q + 7]), a7)
+            r = ((a4 + a0) + (a6 + a2)) + ((a5 + a1) + (a7 + a3))  # hsum_float_8 / sgemm hsum
             if has_min:
                 summs = np.float32(0.0)
                 for b in range(nb):
@@ -148,6 +166,6 @@ def mul_mat_legacy(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray, repac
         asum = ad  # unused
     out = np.empty((xa.shape[0], w.shape[0]), np.float32)
     if xa.shape[0] and w.shape[0]:
-        _mm_legacy(w, code, n_in, np.ascontiguousarray(aq), np.ascontiguousarray(ad, np.float32),
+        _mm_legacy(w, code, n_in, aq.astype(np.int16), np.ascontiguousarray(ad, np.float32),
                    np.ascontiguousarray(asum, np.float32), bool(repacked), out)
     return out
