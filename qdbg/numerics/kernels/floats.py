@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from qdbg.errors import UnsupportedError
+from qdbg.errors import QdbgError, UnsupportedError
 from qdbg.numerics.kernels.fl_simd import (dot_lanes_8_1x1, dot_lanes_8_4x1, dot_lanes_8_4x3,
                                            dot_lanes_32_1x1, dot_lanes_32_1x4)
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, f32_to_f16_bits, fma32, hsum8, jit
@@ -185,14 +185,16 @@ _KIND = {GGMLQuantizationType.F32: (_W_F32, _VD_F32), GGMLQuantizationType.F16: 
 
 def mul_mat_float(w: np.ndarray, qtype: GGMLQuantizationType, x: np.ndarray) -> np.ndarray:
     """ggml_compute_forward_mul_mat for a weight src0 of type F32 (w float32 [n_out, n_in]), F16
-    (w uint16 half bits [n_out, n_in]) or BF16 (w uint16 bf16 bits), src1 = x float32
-    [n_tok, n_in] C-contiguous -> float32 [n_tok, n_out]."""
+    (w uint16 half bits, or float16, [n_out, n_in]) or BF16 (w uint16 bf16 bits), src1 = x
+    float32 [n_tok, n_in] C-contiguous -> float32 [n_tok, n_out]."""
     if qtype not in _KIND:
         raise UnsupportedError(f"mul_mat_float: weight type {GGMLQuantizationType(qtype).name}")
     kind, vd = _KIND[qtype]
+    if kind == _W_F16 and w.dtype == np.float16:
+        w = w.view(np.uint16)
     want = np.float32 if kind == _W_F32 else np.uint16
     if w.dtype != want or w.ndim != 2 or x.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"mul_mat_float: w {w.dtype}{list(w.shape)} ({qtype.name}) "
+        raise QdbgError(f"mul_mat_float: w {w.dtype}{list(w.shape)} ({qtype.name}) "
                          f"and x {x.dtype}{list(x.shape)} do not match")
     n_out, n_in = w.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -218,7 +220,7 @@ def mul_mat_f16_heads(a: np.ndarray, b: np.ndarray, b_contiguous: bool) -> np.nd
     both products convert b to F16 first and then use tinyBLAS (N >= 2) or ggml_vec_dot_f16."""
     if a.dtype != np.uint16 or a.ndim != 3 or b.ndim != 3 or b.shape[2] != a.shape[2] \
             or b.shape[0] % a.shape[0]:
-        raise ValueError(f"mul_mat_f16_heads: a {a.dtype}{list(a.shape)} and b "
+        raise QdbgError(f"mul_mat_f16_heads: a {a.dtype}{list(a.shape)} and b "
                          f"{b.dtype}{list(b.shape)} do not match")
     _, m, k = a.shape
     bh = _round_f16(np.ascontiguousarray(b, dtype=np.float32))
