@@ -145,16 +145,15 @@ def cmd_logits(args: argparse.Namespace) -> int:
     ids = prompt_tokens(m, args)
     if len(ids) > m.config.n_ctx_train:
         raise UsageError(f"the prompt has {len(ids)} tokens, more than the context ({m.config.n_ctx_train})")
+    if args.save_logits:
+        from qdbg.util import atomic_write, check_output
+
+        check_output(args.save_logits)
     logits = Engine(m, args.mode).logits(ids)
     k = max(1, min(args.top_k, logits.shape[1]))
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     if args.save_logits:
-        from qdbg.util import atomic_write
-
-        def _save(f):
-            np.save(f, logits.astype(np.float32))
-
-        atomic_write(Path(args.save_logits), _save)
+        atomic_write(args.save_logits, lambda f: np.save(f, logits.astype(np.float32)))
     if args.json:
         _print_json({
             "tokens": ids,
@@ -227,6 +226,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths = {"A": args.a, "B": args.b}
     if args.ref:
         paths["R"] = args.ref
+    if args.trace:
+        from qdbg.util import check_output
+
+        check_output(args.trace)
     s, names = _session_from_args(args, paths)
     forced = None
     if args.driver == "text":
@@ -245,15 +248,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qdbg.report import render_report, write_report
+    from qdbg.report import write_report
     from qdbg.trace import load_trace
 
     trace = load_trace(_existing_file(args.trace))
-    if args.output:
-        write_report(trace, Path(args.output))
+    write_report(trace, args.output or "-")
+    if args.output and args.output != "-":
         print(f"wrote {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(render_report(trace))
     return 0
 
 
@@ -369,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write the Markdown study of a saved trace")
     p.add_argument("trace")
-    p.add_argument("-o", "--output", metavar="FILE.md", help="write here instead of stdout")
+    p.add_argument("-o", "--output", metavar="FILE.md", help="write here instead of stdout ('-' is stdout)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("replay", help="step through a saved trace without the model files")

@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 
 from qdbg.gguf_file import GGUFFile
-from qdbg.util import write_gguf_atomic
+from qdbg.util import check_output, write_gguf_atomic
 
 _SKIP_KEYS = {"general.file_type", "general.quantization_version", "general.alignment"}
 
@@ -43,6 +43,7 @@ def requantize(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftype: 
 
     info = ftype_info(ftype)
     dst = Path(dst_path)
+    check_output(dst)  # before the work
     with GGUFFile(src_path) as src:
         shapes = {n: t.shape for n, t in src.tensors.items()}
         cfg = config_from_metadata(src.metadata, shapes, f"{Path(src_path).name}: ")

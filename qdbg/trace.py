@@ -24,7 +24,7 @@ import numpy as np
 
 from qdbg.errors import QdbgError, TraceError, UsageError
 from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session
-from qdbg.util import atomic_write
+from qdbg.util import atomic_write, check_output
 
 FORMAT, VERSION = "qdbg-trace", 1
 from qdbg.trace_schema import (  # noqa: F401  (re-exported: the trace API lives here)
@@ -193,8 +193,7 @@ def save_trace(session: Session, path: str | os.PathLike, *, tensor_budget_bytes
     if isinstance(tensor_budget_bytes, bool) or not isinstance(tensor_budget_bytes, int) or tensor_budget_bytes < 0:
         raise UsageError(f"tensor budget must be a non-negative number of bytes, got {tensor_budget_bytes!r}")
     path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{path}: is a directory, expected a trace file name")
+    check_output(path)  # a directory, socket or '-' fails before the work
     tr = snapshot(session, prompt_text=prompt_text)
     plan = _plan(tr, tensor_budget_bytes)
     if session.pieces is not None:  # name the top ids of saved logits, for a replay that re-measures

@@ -76,7 +76,10 @@ def logits_record(session: Any) -> Any:
 
 
 def write_file(kind: str, session: Any, path: Path) -> None:
-    """Write a trace ('trace', qdbg.trace.save_trace) or the markdown report ('report'), atomically."""
+    """Write a trace ('trace', qdbg.trace.save_trace) or the markdown report ('report') through
+    qdbg.util's save core; '-' is refused, since the TUI owns standard output."""
+    if str(path) == "-":
+        raise QdbgError("'-' (standard output) is the TUI's screen; name a file")
     if kind == "trace":
         try:
             from qdbg.trace import save_trace
@@ -88,7 +91,6 @@ def write_file(kind: str, session: Any, path: Path) -> None:
         from qdbg.report import render_report
     except ImportError:
         raise QdbgError("reports need qdbg.report, which is not available") from None
-    from qdbg.util import atomic_write
+    from qdbg.util import write_text
 
-    text = render_report(session).encode("utf-8")
-    atomic_write(path, lambda f: f.write(text))
+    write_text(path, render_report(session))
