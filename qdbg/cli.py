@@ -79,13 +79,43 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-special", action="store_true", help="tokenize special-token text as plain text")
 
 
+def _default_threads() -> int:
+    """llama-cpp-python's default thread count: half the cores, at least one."""
+    return max((os.cpu_count() or 1) // 2, 1)
+
+
+def _add_numerics_args(p: argparse.ArgumentParser) -> None:
+    """The numeric mode and the llama.cpp context settings that change its arithmetic."""
+    from qdbg.numerics import DEFAULT_MODE, MODES
+
+    p.add_argument("--mode", choices=tuple(MODES), default=DEFAULT_MODE,
+                   help="exact: llama.cpp's CPU arithmetic bit for bit (default); f32: the weights' "
+                        "error alone; ggml: llama.cpp's roundings with float64 sums (approximate)")
+    p.add_argument("--ubatch", type=int, default=512, metavar="N",
+                   help="micro-batch size: prompts run in passes of at most N tokens (llama.cpp's n_ubatch)")
+    p.add_argument("--flash-attn", choices=("on", "off"), default="off",
+                   help="llama.cpp's flash-attention kernels (exact mode only; default off)")
+    p.add_argument("--threads", type=int, default=_default_threads(), metavar="N",
+                   help="llama.cpp's thread count (changes the bits of flash-attention decodes over "
+                        ">= 512 KV cells; default: half the cores, as llama-cpp-python)")
+    p.add_argument("--ctx-size", type=int, default=512, metavar="N",
+                   help="llama.cpp's context size (bounds the KV view; default 512)")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from qdbg.numerics import RunSettings
+
+    return RunSettings(n_ubatch=args.ubatch, n_ctx=args.ctx_size, flash_attn=args.flash_attn == "on",
+                       n_threads=args.threads)
+
+
 def _add_pair_args(p: argparse.ArgumentParser) -> None:
     """What every two-model command takes: A, B, the prompt, an optional reference, mode, breakpoints."""
     p.add_argument("a", metavar="A.gguf")
     p.add_argument("b", metavar="B.gguf")
     _add_prompt_args(p)
     p.add_argument("--ref", metavar="R.gguf", help="a higher-precision reference (F16, Q8_0)")
-    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
+    _add_numerics_args(p)
     p.add_argument("--break", dest="breaks", action="append", metavar="EXPR",
                    help="breakpoint condition, e.g. 'rel_rms > 0.01' (repeatable)")
 
@@ -114,9 +144,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         {"name": t.name, "shape": list(t.shape), "type": t.qtype.name, "bytes": t.n_bytes}
         for t in m.tensors.values()
     ]
+    from qdbg.numerics.exact import coverage
+
+    cov = coverage({t.name: (t.qtype, tuple(t.shape)) for t in m.tensors.values()})
     if args.json:
         _print_json({"path": str(m.path), "gguf_version": m.gguf.version, "architecture": m.config.arch,
-                     "name": m.name, "config": cfg, "types": m.type_summary(), "tensors": tensors})
+                     "name": m.name, "config": cfg, "types": m.type_summary(), "tensors": tensors,
+                     "exact_mode": cov})
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -125,6 +159,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     con.print(f"[bold]{m.path.name}[/]  GGUF v{m.gguf.version}  {m.config.arch}  '{m.name}'  "
               f"{_fmt_bytes(m.path.stat().st_size)}")
     con.print(f"types: {m.type_summary()}")
+    con.print(f"exact mode reproduces: {cov['profile']['description']}", highlight=False)
+    con.print(f"  {len(cov['repacked'])} matrices repacked as llama.cpp does (CPU_REPACK); "
+              + (f"approximate (no exact kernel): {', '.join(cov['approximate'])}" if cov["approximate"]
+                 else "every matrix has an exact kernel"), highlight=False)
     ct = Table(show_header=False, box=None, pad_edge=False)
     for k, v in cfg.items():
         if k == "swa_layers" and v:
@@ -149,13 +187,19 @@ def cmd_logits(args: argparse.Namespace) -> int:
         from qdbg.util import atomic_write, check_output
 
         check_output(args.save_logits)
-    logits = Engine(m, args.mode).logits(ids)
+    settings = settings_from_args(args)
+    if args.decode < 0 or args.decode >= len(ids):
+        raise UsageError(f"--decode {args.decode}: give a number from 0 to {len(ids) - 1} "
+                         f"(the first tokens are the prompt)")
+    engine = Engine(m, args.mode, settings=settings)
+    logits = engine.logits(ids, decode=args.decode)
     k = max(1, min(args.top_k, logits.shape[1]))
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     if args.save_logits:
         atomic_write(args.save_logits, lambda f: np.save(f, logits.astype(np.float32)))
     if args.json:
         _print_json({
+            "numerics": engine.numerics.to_json(),
             "tokens": ids,
             "top_k": [[{"id": int(i), "logit": float(logits[p, i])} for i in top[p]] for p in range(len(ids))],
         })
@@ -213,7 +257,7 @@ def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
         pieces = models["A"].tokenizer.piece
     except QdbgError:
         pieces = None
-    s = Session(models, ids, mode=args.mode, pieces=pieces)
+    s = Session(models, ids, mode=args.mode, pieces=pieces, settings=settings_from_args(args))
     s.prompt_text = getattr(args, "prompt", None)
     for expr in args.breaks or []:
         s.breakpoints.add(expr)
@@ -291,7 +335,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     files = demo_pair(progress=lambda m: print(m, file=sys.stderr))
     args.prompt = args.prompt or demo_prompt()
     args.tokens, args.chat, args.no_bos, args.no_special = None, False, False, False
-    args.mode = "ggml"
     s, names = _session_from_args(args, {"A": str(files["Q4_K_M"]), "B": str(files["Q5_K_M"])})
     if args.headless or args.json:
         from qdbg.cli_run import print_results, run_session
@@ -335,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logits", help="run one model and print the top-k logits per position")
     p.add_argument("model")
     _add_prompt_args(p)
-    p.add_argument("--mode", choices=("ggml", "f32"), default="ggml")
+    _add_numerics_args(p)
+    p.add_argument("--decode", type=int, default=0, metavar="K",
+                   help="feed the last K tokens one at a time, as generation does (after the prompt)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.add_argument("--save-logits", metavar="FILE.npy", help="save float32 [n_tokens, n_vocab] logits")
@@ -382,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the built-in Q4_K_M vs Q5_K_M pair in the TUI, no download needed")
     p.add_argument("--prompt", help="another prompt for the demo model")
+    _add_numerics_args(p)
     p.add_argument("--break", dest="breaks", action="append", metavar="EXPR")
     p.add_argument("--headless", action="store_true", help="run to the end and print, no TUI")
     p.add_argument("--json", action="store_true")
@@ -413,6 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if first is not None and not argv[first].startswith("-") and argv[first] not in commands:
         argv.insert(first, "tui")
     args = ap.parse_args(argv)
+    import warnings
+
+    def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"qdbg: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = _one_line_warning
     if not getattr(args, "fn", None):
         ap.print_help()
         return EXIT_USAGE

@@ -114,7 +114,7 @@ def snapshot(session: Session, *, prompt_text: str | None = None, hashes: bool =
         labels=list(session.labels), models={lab: _model_info(session.models[lab], hashes) for lab in session.labels},
         prompt=list(session.prompt), tokens=list(session.tokens),
         prompt_text=prompt_text if prompt_text is not None else getattr(session, "prompt_text", None),
-        mode=session.mode, scope=session.scope, top_k=session.top_k, driver=session.driver,
+        mode=session.mode, numerics=session.numerics_info(), scope=session.scope, top_k=session.top_k, driver=session.driver,
         pending=list(session.pending), breakpoints=session.breakpoints.to_json(), cursor=session.cursor,
         records=recs, tensor_positions=tpos, pieces=pieces, qdbg_version=_qdbg_version(),
         tensors={"policy": "full" if tpos else "none"})
@@ -228,7 +228,7 @@ def save_trace(session: Session, path: str | os.PathLike, *, tensor_budget_bytes
                          "config": {f.name: getattr(mi.config, f.name) for f in dataclasses.fields(mi.config)}}
                    for lab, mi in tr.models.items()},
         "prompt_text": tr.prompt_text, "prompt": tr.prompt, "tokens": tr.tokens,
-        "pieces": tr.pieces, "mode": tr.mode, "scope": tr.scope, "top_k": tr.top_k, "driver": tr.driver,
+        "pieces": tr.pieces, "mode": tr.mode, "numerics": tr.numerics, "scope": tr.scope, "top_k": tr.top_k, "driver": tr.driver,
         "pending": tr.pending, "breakpoints": tr.breakpoints, "cursor": tr.cursor, "tensors": tr.tensors,
         "n_records": len(recs), "n_tensors": len(entries), "records": recs,
     }
