@@ -4,11 +4,13 @@ recorded by tools/record_kernels_legacy.py with 1 and 4 threads, which agree).
 Cases cover every dispatch: vec_dot (n_tok 1, and every n_tok for Q4_1/Q5_1), tinyBLAS_Q0_AVX
 (Q4_0/Q5_0/Q8_0, n_tok >= 2, with n_out and n_tok hitting every edge tile: n_out % 4 != 0, n_tok
 % 4 != 0), and repacked Q4_0 (n_out % 8 == 0: gemm for groups of 4 rows, gemv for the rest);
-n_in from 1 to 33 blocks, multiples of 256 or not, odd block counts.
+n_in from 1 to 33 blocks, multiples of 256 or not, odd block counts. Also every weight MUL_MAT
+of a legacy type in the whole-model fidelity goldens (tests/golden/fidelity), fed llama.cpp's input.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,9 +18,12 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
+from goldens import golden_files, load_golden
 from qdbg.errors import QdbgError
-from qdbg.numerics.kernels.legacy import mul_mat_legacy
+from qdbg.model import Model
+from qdbg.numerics.kernels.legacy import LEGACY_MATMUL_TYPES, mul_mat_legacy
 from qdbg.quant import quantize
+from qdbg.synth import SynthSpec, write_gguf
 
 GOLDEN = Path(__file__).parent / "golden" / "kernels" / "legacy.npz"
 
@@ -63,6 +68,7 @@ def case_inputs(case: dict) -> tuple[np.ndarray, np.ndarray]:
     return quantize(w, QT[case["qtype"]]), x
 
 
+@functools.cache
 def _golden() -> tuple[list[dict], dict[str, np.ndarray]]:
     with np.load(GOLDEN) as z:
         return json.loads(str(z["cases"])), {k: z[k] for k in z.files if k != "cases"}
@@ -98,3 +104,35 @@ def test_rejects_what_the_build_never_runs() -> None:
         mul_mat_legacy(raw, QT.Q4_K, 64, x, False)
     with pytest.raises(QdbgError, match="uint8"):
         mul_mat_legacy(raw, QT.Q4_0, 96, np.ones((2, 96), np.float32), False)
+
+
+_LEGACY = {t.name.lower() for t in LEGACY_MATMUL_TYPES}
+
+
+def _has_legacy_weights(path: Path) -> bool:
+    with np.load(path) as z:                                   # the manifest alone, not the tensors
+        return any(w["type"] in _LEGACY for w in json.loads(str(z["manifest"]))["weights"].values())
+
+
+_FIDELITY = [p for p in golden_files() if _has_legacy_weights(p)]
+
+
+@pytest.mark.parametrize("path", _FIDELITY, ids=[p.stem for p in _FIDELITY])
+def test_fidelity_mul_mat_nodes(path: Path, tmp_path: Path) -> None:
+    g = load_golden(path)
+    m = Model(write_gguf(SynthSpec.from_dict(g.spec), tmp_path / "m.gguf", g.ftype))
+    w_info, n_checked = g.manifest["weights"], 0
+    for si, st in enumerate(g.steps):
+        for n in st.nodes:
+            w = w_info.get(n.srcs[0]) if n.op == "MUL_MAT" and n.srcs else None
+            if w is None or w["type"] not in _LEGACY:
+                continue
+            n_in = w["shape"][0]
+            x = g.tensor_by_key(si, n.src_roots[1]).reshape(-1, n_in)
+            raw = m.gguf.raw(n.srcs[0]).reshape(w["shape"][1], -1)        # [n_out, row_bytes]
+            y = mul_mat_legacy(raw, QT[w["type"].upper()], n_in, x,
+                               w["buffer"] == "CPU_REPACK")
+            want = g.tensor_by_key(si, n.key).astype(np.float32).reshape(y.shape)
+            assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), f"step {si} {n.name}"
+            n_checked += 1
+    assert n_checked
