@@ -62,6 +62,18 @@ def test_vec_dot_f16_matches_single_token_kq() -> None:
         assert np.array_equal(np.array(got, np.float32).view(np.uint32), y[h, 0].view(np.uint32))
 
 
+def test_vec_dot_f16_tails() -> None:
+    """The scalar tail (n % 32) in double, against the n_tok = 1 F16 product (which is vec_dot)."""
+    for c in C.mm_cases():
+        if c["qtype"] == "F16" and c["n_tok"] == 1 and c["n_out"] == 64:
+            w, x = C.mm_inputs(c)
+            y = mul_mat_float(w, QT.F16, x)
+            xh = x.astype(np.float16).view(np.uint16).reshape(-1)
+            got = np.array([vec_dot_f16(c["n_in"], w.reshape(-1), i * c["n_in"], xh, 0)
+                            for i in range(c["n_out"])], np.float32)
+            assert np.array_equal(got.view(np.uint32), y[0].view(np.uint32)), c["id"]
+
+
 def _mul_mats(g: Golden, keep: Callable[[Node], bool]) -> Iterator[tuple[int, Node, list[Node]]]:
     """(step, node, the step's nodes) for each recorded MUL_MAT node that `keep` accepts."""
     for st in range(len(g.steps)):

@@ -218,6 +218,8 @@ def mul_mat_f16_heads(a: np.ndarray, b: np.ndarray, b_contiguous: bool) -> np.nd
 
     b_contiguous changes nothing on this build: tinyBLAS has no F16 x F32 kernel on AVX2, so
     both products convert b to F16 first and then use tinyBLAS (N >= 2) or ggml_vec_dot_f16."""
+    if a.dtype == np.float16:
+        a = a.view(np.uint16)
     if a.dtype != np.uint16 or a.ndim != 3 or b.ndim != 3 or b.shape[2] != a.shape[2] \
             or b.shape[0] % a.shape[0]:
         raise QdbgError(f"mul_mat_f16_heads: a {a.dtype}{list(a.shape)} and b "
