@@ -17,7 +17,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from qdbg.numerics.kernels.fa_dot import dot_f16_scores
 from qdbg.numerics.kernels.flash_attn import flash_attn_ext, kernel_for
+from qdbg.numerics.kernels.floats import vec_dot_f16
 
 GOLDEN = Path(__file__).parent / "golden" / "kernels"
 
@@ -85,6 +87,7 @@ def _one_chunk_cases() -> list[Case]:
         Case(seed + 3, 1, 200, 256, 4, 1, 128, 0.0),                        # decode below 512 cells
         Case(seed + 4, 20, 300, 512, 4, 2, 64, 0.0, q_mul=3.0),             # wide score range
         Case(seed + 5, 3, 3, 48, 2, 1, 64, 0.0),                            # tiny view
+        Case(seed + 6, 6, 50, 256, 4, 2, 80, 0.0),                          # d % 32 != 0: dot tail
     ]
     return out
 
@@ -103,6 +106,7 @@ def _tiled_cases() -> list[Case]:
         Case(seed + 1, 100, 300, 512, 4, 2, 256, 1.0, q_mul=1 / 16, swa=64),  # whole KV tiles skipped
         Case(seed + 2, 64, 200, 300, 4, 2, 64, 0.0, n_threads=3),           # partial last KV tile
         Case(seed + 3, 66, 66, 256, 3, 1, 64, 0.0, n_threads=4),            # tiles cut by chunks
+        Case(seed + 4, 72, 90, 256, 4, 2, 96, 0.0),                         # d % 64 != 0
     ]
     return out
 
@@ -115,6 +119,7 @@ def _split_cases() -> list[Case]:
         seed += 1
     out += [Case(seed, 1, 600, 768, 8, 4, 256, 1.0, n_threads=nth, q_mul=1 / 16, swa=128) for nth in (1, 2)]
     out += [Case(seed + 1, 1, 900, 1024, 6, 2, 128, 0.0, n_threads=nth) for nth in (1, 2)]
+    out += [Case(seed + 2, 1, 530, 768, 4, 4, 80, 0.0, n_threads=nth) for nth in (1, 2)]
     return out
 
 
@@ -152,6 +157,23 @@ def test_bit_equal(case: Case, golden: tuple[dict, dict]) -> None:
     bad = int(np.sum(mine.view(np.uint32) != ref.view(np.uint32)))
     assert bad == 0, f"{bad} of {ref.size} sampled values differ (max abs {np.abs(mine - ref).max()})"
     assert digest(got) == want["sha256"]
+
+
+@pytest.mark.parametrize("dk", [32, 40, 64, 80, 96, 128, 256])
+def test_batched_dot_is_vec_dot_f16(dk: int) -> None:
+    """fa_dot's batched scores equal ggml_vec_dot_f16 as qdbg.numerics.kernels.floats has it."""
+    rng = np.random.default_rng(dk)
+    n_kv, n_head_kv, rows = 70, 2, 3
+    k = rng.standard_normal((n_kv, n_head_kv, dk)).astype(np.float16).view(np.uint16)
+    qg = (rng.standard_normal((rows, dk)) * 4).astype(np.float16)
+    sc = np.empty((rows, n_kv), np.float32)
+    for hk in range(n_head_kv):
+        dot_f16_scores(k, hk, qg.astype(np.float32), sc)
+        qb = qg.view(np.uint16).ravel()
+        kb = np.ascontiguousarray(k[:, hk, :]).ravel()
+        want = np.array([[vec_dot_f16(dk, kb, ic * dk, qb, r * dk) for ic in range(n_kv)] for r in range(rows)],
+                        np.float32)
+        assert np.array_equal(sc.view(np.uint32), want.view(np.uint32))
 
 
 def test_every_kernel_covered() -> None:

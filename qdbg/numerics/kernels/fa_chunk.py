@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdbg.numerics.kernels.fa_math import dot_f16_scores, expf
+from qdbg.numerics.kernels.fa_dot import dot_f16_scores
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, jit, round_f16
+from qdbg.numerics.kernels.simd_math import expf
 
 _NEG_INF = np.float32(-np.inf)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdbg.numerics.kernels.fa_math import expf, v_expf_lane
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, hsum8, jit
+from qdbg.numerics.kernels.simd_math import expf, v_expf
 
 _NEG_INF = np.float32(-np.inf)
 TQ = 64   # GGML_FA_TILE_Q
@@ -57,7 +57,6 @@ def tiled(q, k, v, mask, scale, tiles, out):
     vkq = np.empty((TQ, dv), np.float32)
     S = np.empty(TQ, np.float32)
     M = np.empty(TQ, np.float32)
-    blk = np.empty(8, np.float32)
     for ti in range(tiles.shape[0]):
         h, r0, rows = tiles[ti, 0], tiles[ti, 1], tiles[ti, 2]
         hk = h // rk
@@ -111,11 +110,10 @@ def tiled(q, k, v, mask, scale, tiles, out):
                     S[tq] = S[tq] * ms
                 M[tq] = Mnew
                 tot = 0.0
+                for tk in range(TKV):
+                    kq[tq, tk] = v_expf(kq[tq, tk] - Mnew)
                 for b0 in range(0, TKV, 8):
-                    for l in range(8):
-                        blk[l] = v_expf_lane(kq[tq, b0 + l] - Mnew)
-                        kq[tq, b0 + l] = blk[l]
-                    tot += np.float64(hsum8(blk))
+                    tot += np.float64(hsum8(kq[tq, b0:b0 + 8]))
                 S[tq] = np.float32(np.float64(S[tq]) + tot)
             for tk in range(kv_tile):
                 for d in range(dv):
