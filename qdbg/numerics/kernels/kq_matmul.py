@@ -1,6 +1,6 @@
 """The three K-quant x Q8_K matmul kernels of the AVX2 build, in their exact float order.
 
-All three take a weight row unpacked by kq_unpack (integer weights w = scale*code) and the
+All three take a weight row unpacked by kq_unpack (codes, per-16 scales, mins) and the
 activation as Q8_K (q int8 [n_tok, n_in], d float32 [n_tok, nb], bsums int16 [n_tok, nb*16]).
 Integer sums are exact; only the float steps per 256-element block differ:
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdbg.numerics.kernels.kq_unpack import Q2_K, Q4_K, Q5_K, Q6_K, unpack_row
+from qdbg.numerics.kernels.kq_unpack import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, unpack_row
 from qdbg.numerics.kernels.nb import fma32, hsum8, jit
 
 VEC_DOT, TILED, REPACK = 0, 1, 2
@@ -35,31 +35,43 @@ F32 = np.float32
 
 
 @jit(inline="always")
-def _lanes32(w, q, o, p):
-    """p[0:32] = sum over the 8 groups of 32 of w*q, position-wise (exact int32)."""
-    for i in range(32):
-        p[i] = 0
-    for g in range(8):
-        for i in range(32):
-            p[i] += np.int32(w[o + 32 * g + i]) * np.int32(q[o + 32 * g + i])
+def _i32(v):
+    """Wrap to int32 (keeps LLVM in 32-bit lanes; the values never overflow)."""
+    return np.int32(v)
 
 
 @jit(inline="always")
-def _lanes64(w, q, o, p):
-    """p[0:256] = w*q elementwise over one block (exact int32)."""
-    for i in range(256):
-        p[i] = np.int32(w[o + i]) * np.int32(q[o + i])
+def _chunks(w, q, b, c):
+    """c[j] = codes . q over the 4 elements 4j..4j+3 of block b (int32); chunk j lies in
+    16-element sub-block j // 4 and in AVX2 int32 lane j % 8."""
+    o = b * 256
+    wb = w[o:o + 256]
+    qb = q[o:o + 256]
+    for j in range(64):
+        c[j] = _i32(np.int32(wb[4 * j]) * np.int32(qb[4 * j]) + np.int32(wb[4 * j + 1]) * np.int32(qb[4 * j + 1])
+                    + np.int32(wb[4 * j + 2]) * np.int32(qb[4 * j + 2])
+                    + np.int32(wb[4 * j + 3]) * np.int32(qb[4 * j + 3]))
 
 
 @jit(inline="always")
-def _vec_dot(qt, w, sc, mn, xd, xdm, q, yd, bs, nb, p, acc, accm):
+def _scaled(sc4, b, c, j0, n):
+    """sum of scale * chunk sum over chunks j0..j0+n-1 of block b."""
+    s4 = sc4[b, j0:j0 + n]
+    cb = c[j0:j0 + n]
+    t = np.int32(0)
+    for j in range(n):
+        t = _i32(t + _i32(s4[j] * cb[j]))
+    return t
+
+
+@jit
+def _vec_dot(qt, w, sc, sc4, mn, xd, xdm, q, yd, bs, nb, c, acc, accm):
     for k in range(8):
         acc[k] = F32(0.0)
         accm[k] = F32(0.0)
     summs = F32(0.0)
     for b in range(nb):
-        o = b * 256
-        _lanes32(w, q, o, p)
+        _chunks(w, q, b, c)
         dd = yd[b] * xd[b]
         dmn = -yd[b] * xdm[b]
         bo = b * 16
@@ -68,7 +80,7 @@ def _vec_dot(qt, w, sc, mn, xd, xdm, q, yd, bs, nb, p, acc, accm):
                 pr = mn[b, 2 * k] * np.int32(bs[bo + 2 * k]) + mn[b, 2 * k + 1] * np.int32(bs[bo + 2 * k + 1])
                 acc[k] = fma32(dmn, F32(pr), acc[k])
         elif qt == Q4_K or qt == Q5_K:
-            tot = np.int32(0)
+            tot = 0
             for k in range(4):
                 s0 = np.int32(bs[bo + 4 * k]) + np.int32(bs[bo + 4 * k + 1])
                 s1 = np.int32(bs[bo + 4 * k + 2]) + np.int32(bs[bo + 4 * k + 3])
@@ -78,9 +90,11 @@ def _vec_dot(qt, w, sc, mn, xd, xdm, q, yd, bs, nb, p, acc, accm):
             if qt == Q5_K:
                 summs = fma32(dmn, F32(tot), summs)
         for k in range(8):
-            lk = p[4 * k] + p[4 * k + 1] + p[4 * k + 2] + p[4 * k + 3]
+            lk = np.int32(0)
+            for g in range(8):
+                lk = _i32(lk + sc4[b, 8 * g + k] * c[8 * g + k])
             if qt == Q6_K:
-                lk -= 32 * (sc[b, 2 * k] * np.int32(bs[bo + 2 * k]) + sc[b, 2 * k + 1] * np.int32(bs[bo + 2 * k + 1]))
+                lk = lk - 32 * (sc[b, 2 * k] * np.int32(bs[bo + 2 * k]) + sc[b, 2 * k + 1] * np.int32(bs[bo + 2 * k + 1]))
             acc[k] = fma32(dd, F32(lk), acc[k])
     r = hsum8(acc)
     if qt == Q4_K:
@@ -91,39 +105,52 @@ def _vec_dot(qt, w, sc, mn, xd, xdm, q, yd, bs, nb, p, acc, accm):
 
 
 @jit(inline="always")
-def _block_sums(qt, w, sc, mn, q, bs, b, p):
-    """(s1, s2) of one block: sum of w*q (Q6_K: with its -32 folded in) and sum of mins*bsums."""
-    _lanes32(w, q, b * 256, p)
-    s1 = np.int32(0)
-    for i in range(32):
-        s1 += p[i]
-    s2 = np.int32(0)
+def _min_sum(qt, sc, mn, bs, b):
+    """Per block: sum of mins*bsums (Q2_K per 16, Q4_K/Q5_K per 32), or Q6_K's 32*sum sc*bsums."""
     bo = b * 16
-    for s in range(16):
-        if qt == Q6_K:
-            s1 -= 32 * sc[b, s] * np.int32(bs[bo + s])
-        elif qt == Q2_K:
+    s2 = 0
+    if qt == Q6_K:
+        for s in range(16):
+            s2 += 32 * sc[b, s] * np.int32(bs[bo + s])
+    elif qt == Q2_K:
+        for s in range(16):
             s2 += mn[b, s] * np.int32(bs[bo + s])
-        elif (qt == Q4_K or qt == Q5_K) and s < 8:
+    elif qt == Q4_K or qt == Q5_K:
+        for s in range(8):
             s2 += mn[b, s] * (np.int32(bs[bo + 2 * s]) + np.int32(bs[bo + 2 * s + 1]))
-    return s1, s2
+    return s2
 
 
-@jit(inline="always")
-def _repack(w, mn, xd, xdm, q, yd, bs, nb, p, gemm):
+@jit
+def _tiled(qt, w, sc, sc4, mn, xd, xdm, q, yd, bs, nb, c):
+    y = F32(0.0)
+    for b in range(nb):
+        _chunks(w, q, b, c)
+        s1 = _scaled(sc4, b, c, 0, 64)
+        s2 = _min_sum(qt, sc, mn, bs, b)
+        if qt == Q6_K:
+            v = xd[b] * F32(s1 - s2)
+        elif qt == Q3_K:
+            v = xd[b] * F32(s1)
+        else:
+            v = fma32(-xdm[b], F32(s2), xd[b] * F32(s1))
+        y = fma32(v, yd[b], y)
+    return y
+
+
+@jit
+def _repack(w, sc4, mn, xd, xdm, q, yd, bs, nb, c, gemm):
     """Q4_K 8x8 repack: gemm adds to the float accumulators per 64 elements, gemv per block."""
     a = F32(0.0)
     am = F32(0.0)
     for b in range(nb):
-        _lanes64(w, q, b * 256, p)
         dd = xd[b] * yd[b]
         dm = xdm[b] * yd[b]
-        s1 = np.int32(0)
-        s2 = np.int32(0)
+        s1 = 0
+        s2 = 0
+        _chunks(w, q, b, c)
         for j in range(4):                  # two 32-element sub-blocks per step
-            i1 = np.int32(0)
-            for i in range(64):
-                i1 += p[64 * j + i]
+            i1 = _scaled(sc4, b, c, 16 * j, 16)
             bo = b * 16 + 4 * j
             i2 = (mn[b, 2 * j] * (np.int32(bs[bo]) + np.int32(bs[bo + 1]))
                   + mn[b, 2 * j + 1] * (np.int32(bs[bo + 2]) + np.int32(bs[bo + 3])))
@@ -145,32 +172,29 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
     n_out = w_raw.shape[0]
     n_tok, n_in = q.shape
     nb = n_in // 256
-    w = np.empty(n_in, np.int16)
+    w = np.empty(n_in, np.int8)
     sc = np.empty((nb, 16), np.int32)
     mn = np.empty((nb, 16), np.int32)
     xd = np.empty(nb, F32)
     xdm = np.empty(nb, F32)
-    p = np.empty(256, np.int32)
+    c = np.empty(64, np.int32)
+    sc4 = np.empty((nb, 64), np.int32)
     acc = np.empty(8, F32)
     accm = np.empty(8, F32)
     rb = np.empty(w_raw.shape[1], np.int32)
-    has_min = qt == Q2_K or qt == Q4_K or qt == Q5_K
     n_gemm = n_tok - n_tok % 4
     for r in range(n_out):
+        wr = w_raw[r]
         for i in range(rb.shape[0]):
-            rb[i] = w_raw[r, i]
+            rb[i] = wr[i]
         unpack_row(rb, qt, nb, w, sc, mn, xd, xdm)
+        for b in range(nb):
+            for j in range(64):
+                sc4[b, j] = sc[b, j >> 2]
         for t in range(n_tok):
             if path == VEC_DOT:
-                out[t, r] = _vec_dot(qt, w, sc, mn, xd, xdm, q[t], yd[t], bs[t], nb, p, acc, accm)
+                out[t, r] = _vec_dot(qt, w, sc, sc4, mn, xd, xdm, q[t], yd[t], bs[t], nb, c, acc, accm)
             elif path == TILED:
-                y = F32(0.0)
-                for b in range(nb):
-                    s1, s2 = _block_sums(qt, w, sc, mn, q[t], bs[t], b, p)
-                    v = xd[b] * F32(s1)
-                    if has_min:
-                        v = fma32(-xdm[b], F32(s2), v)
-                    y = fma32(v, yd[t, b], y)
-                out[t, r] = y
+                out[t, r] = _tiled(qt, w, sc, sc4, mn, xd, xdm, q[t], yd[t], bs[t], nb, c)
             else:
-                out[t, r] = _repack(w, mn, xd, xdm, q[t], yd[t], bs[t], nb, p, t < n_gemm)
+                out[t, r] = _repack(w, sc4, mn, xd, xdm, q[t], yd[t], bs[t], nb, c, t < n_gemm)

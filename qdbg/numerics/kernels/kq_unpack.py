@@ -1,10 +1,10 @@
 """Row unpackers for K-quant weights (GGUF bytes -> integer weights, scales, mins, d, dmin).
 
-Every K-quant matmul kernel of the reference build multiplies integer codes exactly and only
-then goes to float, so a weight row is unpacked once into:
+Every K-quant matmul kernel of the reference build multiplies integer codes exactly, scales the
+integer sums per sub-block, and only then goes to float, so a weight row is unpacked once into:
 
-    w   int16 [n_in]      sub-block scale * code (the integer weight the dot products see)
-    sc  int32 [nb, 16]    per-16 sub-block scale (Q6_K needs it for its -32 correction)
+    w   int8 [n_in]       the code of each element
+    sc  int32 [nb, 16]    scale of each 16-element sub-block (Q4_K/Q5_K: a 32-block's scale twice)
     mn  int32 [nb, 16]    sub-block min (Q2_K: 16 per block, Q4_K/Q5_K: 8 per block)
     d   float32 [nb]      fp16 super-block scale
     dm  float32 [nb]      fp16 super-block min scale (0 when the type has none)
@@ -58,49 +58,49 @@ def unpack_row(row, qt, nb, w, sc, mn, d, dm):
             d[b] = _f16(x, 80)
             dm[b] = _f16(x, 82)
             for s in range(16):
-                sc[b, s] = np.int32(x[s] & 0xF)
-                mn[b, s] = np.int32(x[s] >> 4)
+                sc[b, s] = x[s] & 0xF
+                mn[b, s] = x[s] >> 4
             for j in range(2):              # e = j*128 + l*32 + i; code = qs[j*32+i] >> 2l
+                qs = x[16 + j * 32:48 + j * 32]
                 for l in range(4):
-                    s0 = sc[b, j * 8 + 2 * l]
-                    s1 = sc[b, j * 8 + 2 * l + 1]
+                    wb = w[o + j * 128 + l * 32:o + j * 128 + l * 32 + 32]
                     for i in range(32):
-                        q = np.int32((x[16 + j * 32 + i] >> (2 * l)) & 3)
-                        w[o + j * 128 + l * 32 + i] = np.int16((s0 if i < 16 else s1) * q)
+                        wb[i] = np.int8((qs[i] >> (2 * l)) & 3)
         elif qt == Q3_K:
             d[b] = _f16(x, 108)
             dm[b] = np.float32(0.0)
             for s in range(16):             # 6-bit scales: low 4 from bytes 0..7, high 2 from 8..11
                 lo = (x[96 + s] & 0xF) if s < 8 else (x[96 + s - 8] >> 4)
                 hi = (x[96 + 8 + s % 4] >> (2 * (s // 4))) & 3
-                sc[b, s] = np.int32(lo | (hi << 4)) - 32
+                sc[b, s] = (lo | (hi << 4)) - 32
                 mn[b, s] = 0
+            hm = x[0:32]
             for j in range(2):              # e = j*128 + l*32 + i; hmask bit 4j+l of byte i
+                qs = x[32 + j * 32:64 + j * 32]
                 for l in range(4):
-                    s0 = sc[b, j * 8 + 2 * l]
-                    s1 = sc[b, j * 8 + 2 * l + 1]
+                    wb = w[o + j * 128 + l * 32:o + j * 128 + l * 32 + 32]
                     for i in range(32):
-                        q = np.int32((x[32 + j * 32 + i] >> (2 * l)) & 3)
-                        if ((x[i] >> (4 * j + l)) & 1) == 0:
-                            q -= 4
-                        w[o + j * 128 + l * 32 + i] = np.int16((s0 if i < 16 else s1) * q)
+                        wb[i] = np.int8(((qs[i] >> (2 * l)) & 3) - 4 + 4 * ((hm[i] >> (4 * j + l)) & 1))
         elif qt == Q4_K or qt == Q5_K:
             d[b] = _f16(x, 0)
             dm[b] = _f16(x, 2)
             s12 = x[4:16]
-            qs0 = 16 if qt == Q4_K else 48
+            qh = x[16:48]
             for j in range(4):              # e = j*64 + l*32 + i; nibble l of qs[j*32+i]
+                qs = x[16 + j * 32:48 + j * 32] if qt == Q4_K else x[48 + j * 32:80 + j * 32]
                 for l in range(2):
                     s, m = _scale_min_k4(s12, 2 * j + l)
-                    sc[b, 2 * j + l] = s
+                    sc[b, 4 * j + 2 * l] = s
+                    sc[b, 4 * j + 2 * l + 1] = s
                     mn[b, 2 * j + l] = m
-                    for i in range(32):
-                        q = np.int32((x[qs0 + j * 32 + i] >> (4 * l)) & 0xF)
-                        if qt == Q5_K:
-                            q += np.int32(((x[16 + i] >> (2 * j + l)) & 1) << 4)
-                        w[o + j * 64 + l * 32 + i] = np.int16(s * q)
+                    wb = w[o + j * 64 + l * 32:o + j * 64 + l * 32 + 32]
+                    if qt == Q4_K:
+                        for i in range(32):
+                            wb[i] = np.int8((qs[i] >> (4 * l)) & 0xF)
+                    else:                   # Q5_K: 5th bit from qh bit 2j+l
+                        for i in range(32):
+                            wb[i] = np.int8(((qs[i] >> (4 * l)) & 0xF) | (((qh[i] >> (2 * j + l)) & 1) << 4))
             for s in range(8, 16):
-                sc[b, s] = 0
                 mn[b, s] = 0
         else:
             d[b] = _f16(x, 208)
@@ -108,13 +108,11 @@ def unpack_row(row, qt, nb, w, sc, mn, d, dm):
             for s in range(16):
                 sc[b, s] = x[192 + s] - 256 if x[192 + s] >= 128 else x[192 + s]
                 mn[b, s] = 0
-            for j in range(2):              # e = j*128 + l*32 + i
+            for j in range(2):              # e = j*128 + l*32 + i; low 4 from ql, high 2 from qh
+                qh = x[128 + j * 32:160 + j * 32]
                 for l in range(4):
-                    s0 = sc[b, j * 8 + 2 * l]
-                    s1 = sc[b, j * 8 + 2 * l + 1]
+                    ql = x[j * 64 + (l % 2) * 32:j * 64 + (l % 2) * 32 + 32]
+                    sh = 4 * (l // 2)
+                    wb = w[o + j * 128 + l * 32:o + j * 128 + l * 32 + 32]
                     for i in range(32):
-                        lo = x[j * 64 + (l % 2) * 32 + i]
-                        lo = (lo & 0xF) if l < 2 else (lo >> 4)
-                        hi = (x[128 + j * 32 + i] >> (2 * l)) & 3
-                        q = np.int32(lo | (hi << 4))
-                        w[o + j * 128 + l * 32 + i] = np.int16((s0 if i < 16 else s1) * q)
+                        wb[i] = np.int8(((ql[i] >> sh) & 0xF) | (((qh[i] >> (2 * l)) & 3) << 4))

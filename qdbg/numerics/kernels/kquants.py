@@ -59,9 +59,11 @@ def mul_mat_kquant(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray,
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != n_in:
         raise QdbgError(f"mul_mat_kquant: activation of shape {x.shape}, expected [n_tok, {n_in}]")
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    if out.size == 0:
+        return out
     q, d, bsums = quantize_q8_K(x)
     path = {"repack": REPACK, "tiled": TILED, "vec_dot": VEC_DOT}[kquant_path(qtype, x.shape[0], repacked)]
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
     kq_matmul(w, np.int64(code), np.int64(path), np.ascontiguousarray(q),
               np.ascontiguousarray(d), np.ascontiguousarray(bsums), out)
     return out
