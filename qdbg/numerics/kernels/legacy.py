@@ -157,8 +157,8 @@ def mul_mat_legacy(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray, repac
     if repacked and (qt != QT.Q4_0 or w.shape[0] % 8):
         raise QdbgError(f"mul_mat_legacy: this build never repacks {qt.name} with n_out {w.shape[0]} "
                         "(only Q4_0 with n_out % 8 == 0)")
-    if not w.flags.c_contiguous:
-        w = np.ascontiguousarray(w)
+    w = np.ascontiguousarray(w).view()
+    w.flags.writeable = False          # one numba specialization for GGUF memmaps and copies alike
     if code in (1, 3):
         aq, ad, asum = quantize_q8_1(xa)
     else:
