@@ -6,6 +6,11 @@ What ggml_compute_forward_mul_mat (ggml-cpu.c) runs on this build (AVX2+FMA+F16C
   2. src1 -> vec_dot_type (F32 stays; F16: vcvtps2ph round-to-nearest-even; BF16: ggml's
      (u + 0x7fff + lsb) >> 16 with quiet NaN), then llamafile_sgemm again (F16xF16, BF16xBF16).
   3. else the vec_dot loop: one ggml_vec_dot_{f32,f16,bf16} per output element (nrows = 1).
+     As compiled (objdump of libggml-cpu.so): all three run 4 x __m256 FMA accumulators over
+     32-wide steps (bf16's mul+add is contracted to FMA too); f32/f16 reduce (s0+s2)+(s1+s3)
+     then lo+hi and two hadds, bf16 (c1+c3)+(c2+c4) then hsum8's order; tails: f16/bf16 add
+     float products in double, f32 in float with GCC's vectorized tail (mul, then add, for
+     groups of 8 and 4) and FMAs for the last k % 4.
 tinyBLAS refuses (-> vec_dot) when n = n_tok < 2, k % 8 != 0, or m = n_out % 4 != 0.
 Its per-element order does not depend on the RM x RN tiling or on the thread count: every
 C element is one __m256 accumulator, one FMA per lane per 8-wide k step, then hsum
@@ -149,10 +154,10 @@ def _mm(w, kind, b, path, out):
 
 @jit
 def _mm_heads(a, b, out, path):
-    """Grouped heads: out[h] = a[h // r] x b[h] (F16 A, b already F16-rounded float32)."""
-    r = b.shape[0] // a.shape[0]
-    for h in range(b.shape[0]):
-        _mm(a[h // r], _W_F16, b[h], path, out[h])
+    """Per K/V head g: out[g] = a[g] x b[g], where b[g] / out[g] stack the tokens of the query
+    heads that share it (ggml's r2 broadcast), so each cache row is decoded once per group."""
+    for g in range(a.shape[0]):
+        _mm(a[g], _W_F16, b[g], path, out[g])
 
 
 @jit
@@ -224,9 +229,11 @@ def mul_mat_f16_heads(a: np.ndarray, b: np.ndarray, b_contiguous: bool) -> np.nd
             or b.shape[0] % a.shape[0]:
         raise QdbgError(f"mul_mat_f16_heads: a {a.dtype}{list(a.shape)} and b "
                          f"{b.dtype}{list(b.shape)} do not match")
-    _, m, k = a.shape
-    bh = _round_f16(np.ascontiguousarray(b, dtype=np.float32))
-    path = _TINYBLAS if _tinyblas_takes(m, b.shape[1], k) else _VD_F16
-    out = np.empty((b.shape[0], b.shape[1], m), np.float32)
+    h_a, m, k = a.shape
+    h_b, n, _ = b.shape
+    # path by the per-head token count; query heads g*r .. g*r+r-1 use K/V head g
+    path = _TINYBLAS if _tinyblas_takes(m, n, k) else _VD_F16
+    bh = _round_f16(np.ascontiguousarray(b, dtype=np.float32)).reshape(h_a, h_b // h_a * n, k)
+    out = np.empty((h_a, h_b // h_a * n, m), np.float32)
     _mm_heads(np.ascontiguousarray(a), bh, out, path)
-    return out
+    return out.reshape(h_b, n, m)
