@@ -38,11 +38,13 @@ class Case(NamedTuple):
     n_threads: int = 1
     q_mul: float = 1.0
     swa: int = 0  # sliding window (0: none): key j visible from position p if p - j < swa
+    softcap: float = 0.0
 
     @property
     def name(self) -> str:
         return (f"s{self.seed}-t{self.n_tok}-u{self.n_used}-kv{self.n_kv}-h{self.n_head}x{self.n_head_kv}"
-                f"-d{self.d}-sc{self.scale:g}-th{self.n_threads}-q{self.q_mul:g}-w{self.swa}")
+                f"-d{self.d}-sc{self.scale:g}-th{self.n_threads}-q{self.q_mul:g}-w{self.swa}"
+                + (f"-cap{self.softcap:g}" if self.softcap else ""))
 
 
 def make_inputs(c: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -88,6 +90,7 @@ def _one_chunk_cases() -> list[Case]:
         Case(seed + 4, 20, 300, 512, 4, 2, 64, 0.0, q_mul=3.0),             # wide score range
         Case(seed + 5, 3, 3, 48, 2, 1, 64, 0.0),                            # tiny view
         Case(seed + 6, 6, 50, 256, 4, 2, 80, 0.0),                          # d % 32 != 0: dot tail
+        Case(seed + 7, 11, 40, 256, 4, 2, 128, 0.0, q_mul=3.0, softcap=5.0),  # gemma2 logit softcap
     ]
     return out
 
@@ -107,6 +110,7 @@ def _tiled_cases() -> list[Case]:
         Case(seed + 2, 64, 200, 300, 4, 2, 64, 0.0, n_threads=3),           # partial last KV tile
         Case(seed + 3, 66, 66, 256, 3, 1, 64, 0.0, n_threads=4),            # tiles cut by chunks
         Case(seed + 4, 72, 90, 256, 4, 2, 96, 0.0),                         # d % 64 != 0
+        Case(seed + 5, 90, 120, 256, 4, 2, 128, 0.0, q_mul=3.0, softcap=5.0),
     ]
     return out
 
@@ -120,6 +124,7 @@ def _split_cases() -> list[Case]:
     out += [Case(seed, 1, 600, 768, 8, 4, 256, 1.0, n_threads=nth, q_mul=1 / 16, swa=128) for nth in (1, 2)]
     out += [Case(seed + 1, 1, 900, 1024, 6, 2, 128, 0.0, n_threads=nth) for nth in (1, 2)]
     out += [Case(seed + 2, 1, 530, 768, 4, 4, 80, 0.0, n_threads=nth) for nth in (1, 2)]
+    out += [Case(seed + 3, 1, 600, 768, 4, 2, 128, 0.0, n_threads=nth, q_mul=3.0, softcap=5.0) for nth in (1, 2)]
     return out
 
 
@@ -128,7 +133,7 @@ CASES: list[Case] = _one_chunk_cases() + _tiled_cases() + _split_cases()
 
 def run(c: Case) -> np.ndarray:
     q, k, v, mask, scale = make_inputs(c)
-    return flash_attn_ext(q, k, v, mask, scale, n_threads=c.n_threads)
+    return flash_attn_ext(q, k, v, mask, scale, n_threads=c.n_threads, softcap=c.softcap)
 
 
 def digest(a: np.ndarray) -> str:

@@ -26,7 +26,8 @@ from qdbg.numerics.kernels.flash_attn import flash_attn_ext, kernel_for  # noqa:
 def oracle(c: Case) -> np.ndarray:
     q, k, v, mask, scale = make_inputs(c)
     out = ggml_oracle.flash_attn_ext(q, k.view(np.float16).reshape(c.n_kv, -1), v.view(np.float16).reshape(c.n_kv, -1),
-                                     mask, scale, c.n_kv, c.n_head_kv, n_threads=c.n_threads)
+                                     mask, scale, c.n_kv, c.n_head_kv, softcap=c.softcap,
+                                     n_threads=c.n_threads)
     return np.ascontiguousarray(out, np.float32).reshape(c.n_tok, c.n_head * c.d)
 
 
@@ -40,7 +41,7 @@ def main() -> None:
         rows[c.name] = sample(ref)
         if check:
             q, k, v, mask, scale = make_inputs(c)
-            got = flash_attn_ext(q, k, v, mask, scale, n_threads=c.n_threads)
+            got = flash_attn_ext(q, k, v, mask, scale, n_threads=c.n_threads, softcap=c.softcap)
             nd = int(np.sum(got.view(np.uint32) != ref.view(np.uint32)))
             n_bad += nd != 0
             print(f"{kind:9s} {c.name}: {'EQ' if nd == 0 else f'DIFF {nd}/{ref.size}'}")

@@ -13,15 +13,16 @@ import numpy as np
 
 from qdbg.numerics.kernels.fa_dot import dot_f16_scores
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, jit, round_f16
-from qdbg.numerics.kernels.simd_math import expf
+from qdbg.numerics.kernels.simd_math import expf, tanhf
 
 _NEG_INF = np.float32(-np.inf)
 
 
 @jit(inline="always")
-def chunk_row(sc, v, hv, mrow, scale, ic0, ic1, vkq):
+def chunk_row(sc, v, hv, mrow, scale, softcap, ic0, ic1, vkq):
     """One query row over keys [ic0, ic1): sc f32 [n_kv] its vec_dot_f16 scores; v uint16
-    [n_kv, n_head_kv, DV], hv its KV head; mrow f32 [n_kv]. Writes the unnormalised VKQ (f32 of
+    [n_kv, n_head_kv, DV], hv its KV head; mrow f32 [n_kv]; scale already divided by softcap
+    (when softcap != 0: s = softcap * tanhf(s) before the mask). Writes the unnormalised VKQ (f32 of
     the half accumulator) to vkq; returns (M, S)."""
     dv = v.shape[2]
     for d in range(dv):
@@ -33,6 +34,8 @@ def chunk_row(sc, v, hv, mrow, scale, ic0, ic1, vkq):
         if mv == _NEG_INF:
             continue
         s = sc[ic] * scale
+        if softcap != np.float32(0.0):
+            s = softcap * tanhf(s)
         s = s + mv
         ms = np.float32(1.0)
         vs = np.float32(1.0)
@@ -66,7 +69,7 @@ def _group_scores(q, k, hk, rk, rows):
 
 
 @jit
-def one_chunk(q, k, v, mask, scale, out):
+def one_chunk(q, k, v, mask, scale, softcap, out):
     """All rows, ic over all keys: q f32 [n_tok, n_head, DK]; k, v uint16 [n_kv, n_head_kv, D];
     mask f32 [n_tok, n_kv]; out f32 [n_tok, n_head, DV]."""
     n_tok, n_head, dk = q.shape
@@ -79,7 +82,7 @@ def one_chunk(q, k, v, mask, scale, out):
         for g in range(rk):
             h = hk * rk + g
             for t in range(n_tok):
-                M, S = chunk_row(sc[g * n_tok + t], v, hk, mask[t], scale, 0, n_kv, vkq)
+                M, S = chunk_row(sc[g * n_tok + t], v, hk, mask[t], scale, softcap, 0, n_kv, vkq)
                 s_inv = np.float32(0.0) if S == np.float32(0.0) else np.float32(1.0) / S
                 for d in range(dv):
                     out[t, h, d] = vkq[d] * s_inv
@@ -87,7 +90,7 @@ def one_chunk(q, k, v, mask, scale, out):
 
 
 @jit
-def split_decode(q, k, v, mask, scale, nth, out):
+def split_decode(q, k, v, mask, scale, softcap, nth, out):
     """One-token decode, KV range split in nth chunks of ceil(n_kv / nth) (one per thread), each
     run by chunk_row, then reduce_partials: per chunk with S != 0, M' = fmaxf(M, Mc),
     a = expf(M - M'), b = expf(Mc - M'), VKQ = fma(VKQ, a, VKQc * b), S = fma(S, a, Sc * b);
@@ -110,7 +113,8 @@ def split_decode(q, k, v, mask, scale, nth, out):
                 ic0 = c * chunk
                 if ic0 >= n_kv:
                     continue
-                Mc, Sc = chunk_row(sc[g], v, hk, mask[0], scale, ic0, min(ic0 + chunk, n_kv), vkq)
+                Mc, Sc = chunk_row(sc[g], v, hk, mask[0], scale, softcap, ic0, min(ic0 + chunk, n_kv),
+                                   vkq)
                 if Sc == np.float32(0.0):
                     continue
                 Mn = max(Mf, Mc)

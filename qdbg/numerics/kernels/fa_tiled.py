@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, hsum8, jit
-from qdbg.numerics.kernels.simd_math import expf, v_expf
+from qdbg.numerics.kernels.simd_math import expf, tanhf, v_expf
 
 _NEG_INF = np.float32(-np.inf)
 TQ = 64   # GGML_FA_TILE_Q
@@ -42,8 +42,9 @@ def q_tiles(n_tok: int, n_head: int, nth: int) -> np.ndarray:
 
 
 @jit
-def tiled(q, k, v, mask, scale, tiles, out):
+def tiled(q, k, v, mask, scale, softcap, tiles, out):
     """q f32 [n_tok, n_head, DK]; k, v uint16 [n_kv, n_head_kv, D]; mask f32 [n_tok, n_kv];
+    scale already divided by softcap (softcap != 0: KQ = tanhf(KQ) * softcap after the scale);
     tiles from q_tiles; out f32 [n_tok, n_head, DV]."""
     n_tok, n_head, dk = q.shape
     n_kv = k.shape[0]
@@ -89,6 +90,9 @@ def tiled(q, k, v, mask, scale, tiles, out):
                         kq[tq, tk] = fma32(qv, kt[d, tk], kq[tq, tk])
                 for tk in range(TKV):
                     kq[tq, tk] = kq[tq, tk] * scale
+                if softcap != np.float32(0.0):
+                    for tk in range(TKV):
+                        kq[tq, tk] = tanhf(kq[tq, tk]) * softcap
                 for tk in range(kv_tile, TKV):
                     kq[tq, tk] = _NEG_INF
                 for tk in range(TKV):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdbg.errors import QdbgError, UnsupportedError
+from qdbg.errors import QdbgError
 from qdbg.numerics.kernels.fa_chunk import one_chunk, split_decode
 from qdbg.numerics.kernels.fa_tiled import TQ, q_tiles, tiled
 
@@ -48,10 +48,9 @@ def flash_attn_ext(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray
 
     q float32 [n_tok, n_head, DK]; k, v uint16 half bits [n_kv, n_head_kv, D] (the padded KV view,
     padding cells zero, V not transposed); mask [n_tok, n_kv] float32 (0 / -inf) or half bits;
-    scale as passed to ggml_flash_attn_ext. Returns float32 [n_tok, n_head * DV].
+    scale and softcap (logit_softcap, 0 for none) as passed to ggml_flash_attn_ext.
+    Returns float32 [n_tok, n_head * DV].
     """
-    if softcap != 0.0:
-        raise UnsupportedError(f"flash_attn_ext: logit softcap {softcap} is not implemented")
     if q.ndim != 3 or k.ndim != 3 or v.ndim != 3 or k.shape[:2] != v.shape[:2] or k.shape[2] != q.shape[2]:
         raise QdbgError(f"flash_attn_ext: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit")
     n_tok, n_head, _ = q.shape
@@ -63,12 +62,13 @@ def flash_attn_ext(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray
     vb = np.ascontiguousarray(v).view(np.uint16)
     m = _mask_f32(mask, n_tok, n_kv)
     out = np.empty((n_tok, n_head, dv), np.float32)
-    s = np.float32(scale)
+    cap = np.float32(softcap)
+    s = np.float32(scale) / cap if cap != 0 else np.float32(scale)  # ops.cpp: scale /= logit_softcap
     kind = kernel_for(n_tok, n_kv, n_threads)
     if kind == "split":
-        split_decode(qf, kb, vb, m, s, int(n_threads), out)
+        split_decode(qf, kb, vb, m, s, cap, int(n_threads), out)
     elif kind == "tiled":
-        tiled(qf, kb, vb, m, s, q_tiles(n_tok, n_head, int(n_threads)), out)
+        tiled(qf, kb, vb, m, s, cap, q_tiles(n_tok, n_head, int(n_threads)), out)
     else:
-        one_chunk(qf, kb, vb, m, s, out)
+        one_chunk(qf, kb, vb, m, s, cap, out)
     return out.reshape(n_tok, n_head * dv)  # [n_tok, n_head, DV] -> [n_tok, n_head*DV]
