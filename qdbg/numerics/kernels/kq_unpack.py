@@ -38,81 +38,81 @@ def _f16(row, o):
 
 
 @jit(inline="always")
-def _scale_min_k4(s, j):
-    """get_scale_min_k4 on the 12 scale bytes s (Q4_K/Q5_K): sub-block j -> (scale, min)."""
+def _scale_min_k4(x, o, j):
+    """get_scale_min_k4 on the 12 scale bytes x[o:o+12] (Q4_K/Q5_K): sub-block j -> (scale, min)."""
     if j < 4:
-        return np.int32(s[j] & 63), np.int32(s[j + 4] & 63)
-    sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4)
-    mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4)
+        return np.int32(x[o + j] & 63), np.int32(x[o + j + 4] & 63)
+    sc = (x[o + j + 4] & 0xF) | ((x[o + j - 4] >> 6) << 4)
+    mn = (x[o + j + 4] >> 4) | ((x[o + j] >> 6) << 4)
     return np.int32(sc), np.int32(mn)
 
 
 @jit
-def unpack_row(row, qt, nb, w, sc, mn, d, dm):
-    """One GGUF row (its bytes widened to int32 [nb*block_bytes]) into w/sc/mn/d/dm."""
+def unpack_row(x, qt, nb, w, sc, mn, d, dm):
+    """One GGUF row (its bytes widened to int32 [nb*block_bytes]) into w/sc/mn/d/dm.
+    Plain offsets, no slices in the loops: numba slices cost reference-count updates."""
     bb = 84 if qt == Q2_K else 110 if qt == Q3_K else 144 if qt == Q4_K else 176 if qt == Q5_K else 210
     for b in range(nb):
-        x = row[b * bb:(b + 1) * bb]
+        xb = b * bb
         o = b * 256
         if qt == Q2_K:
-            d[b] = _f16(x, 80)
-            dm[b] = _f16(x, 82)
+            d[b] = _f16(x, xb + 80)
+            dm[b] = _f16(x, xb + 82)
             for s in range(16):
-                sc[b, s] = x[s] & 0xF
-                mn[b, s] = x[s] >> 4
+                sc[b, s] = x[xb + s] & 0xF
+                mn[b, s] = x[xb + s] >> 4
             for j in range(2):              # e = j*128 + l*32 + i; code = qs[j*32+i] >> 2l
-                qs = x[16 + j * 32:48 + j * 32]
                 for l in range(4):
-                    wb = w[o + j * 128 + l * 32:o + j * 128 + l * 32 + 32]
                     for i in range(32):
-                        wb[i] = np.int8((qs[i] >> (2 * l)) & 3)
+                        w[o + j * 128 + l * 32 + i] = np.int8((x[xb + 16 + j * 32 + i] >> (2 * l)) & 3)
         elif qt == Q3_K:
-            d[b] = _f16(x, 108)
+            d[b] = _f16(x, xb + 108)
             dm[b] = np.float32(0.0)
             for s in range(16):             # 6-bit scales: low 4 from bytes 0..7, high 2 from 8..11
-                lo = (x[96 + s] & 0xF) if s < 8 else (x[96 + s - 8] >> 4)
-                hi = (x[96 + 8 + s % 4] >> (2 * (s // 4))) & 3
+                lo = (x[xb + 96 + s] & 0xF) if s < 8 else (x[xb + 96 + s - 8] >> 4)
+                hi = (x[xb + 96 + 8 + s % 4] >> (2 * (s // 4))) & 3
                 sc[b, s] = (lo | (hi << 4)) - 32
                 mn[b, s] = 0
-            hm = x[0:32]
             for j in range(2):              # e = j*128 + l*32 + i; hmask bit 4j+l of byte i
-                qs = x[32 + j * 32:64 + j * 32]
                 for l in range(4):
-                    wb = w[o + j * 128 + l * 32:o + j * 128 + l * 32 + 32]
                     for i in range(32):
-                        wb[i] = np.int8(((qs[i] >> (2 * l)) & 3) - 4 + 4 * ((hm[i] >> (4 * j + l)) & 1))
+                        w[o + j * 128 + l * 32 + i] = np.int8(((x[xb + 32 + j * 32 + i] >> (2 * l)) & 3) - 4
+                                                              + 4 * ((x[xb + i] >> (4 * j + l)) & 1))
         elif qt == Q4_K or qt == Q5_K:
-            d[b] = _f16(x, 0)
-            dm[b] = _f16(x, 2)
-            s12 = x[4:16]
-            qh = x[16:48]
-            for j in range(4):              # e = j*64 + l*32 + i; nibble l of qs[j*32+i]
-                qs = x[16 + j * 32:48 + j * 32] if qt == Q4_K else x[48 + j * 32:80 + j * 32]
-                for l in range(2):
-                    s, m = _scale_min_k4(s12, 2 * j + l)
-                    sc[b, 4 * j + 2 * l] = s
-                    sc[b, 4 * j + 2 * l + 1] = s
-                    mn[b, 2 * j + l] = m
-                    wb = w[o + j * 64 + l * 32:o + j * 64 + l * 32 + 32]
-                    if qt == Q4_K:
-                        for i in range(32):
-                            wb[i] = np.int8((qs[i] >> (4 * l)) & 0xF)
-                    else:                   # Q5_K: 5th bit from qh bit 2j+l
-                        for i in range(32):
-                            wb[i] = np.int8(((qs[i] >> (4 * l)) & 0xF) | (((qh[i] >> (2 * j + l)) & 1) << 4))
-            for s in range(8, 16):
-                mn[b, s] = 0
+            d[b] = _f16(x, xb + 0)
+            dm[b] = _f16(x, xb + 2)
+            for j in range(8):
+                s, m = _scale_min_k4(x, xb + 4, j)
+                sc[b, 2 * j] = s
+                sc[b, 2 * j + 1] = s
+                mn[b, j] = m
+                mn[b, 8 + j] = 0
+            if qt == Q4_K:
+                for j in range(4):          # e = j*64 + l*32 + i; nibble l of qs[j*32+i]
+                    for i in range(32):
+                        v = x[xb + 16 + j * 32 + i]
+                        w[o + j * 64 + i] = np.int8(v & 0xF)
+                        w[o + j * 64 + 32 + i] = np.int8(v >> 4)
+            else:                           # Q5_K: 5th bit from qh bit 2j+l
+                for j in range(4):
+                    for i in range(32):
+                        v = x[xb + 48 + j * 32 + i]
+                        h = x[xb + 16 + i] >> (2 * j)
+                        w[o + j * 64 + i] = np.int8((v & 0xF) | ((h & 1) << 4))
+                        w[o + j * 64 + 32 + i] = np.int8((v >> 4) | ((h & 2) << 3))
         else:
-            d[b] = _f16(x, 208)
+            d[b] = _f16(x, xb + 208)
             dm[b] = np.float32(0.0)
             for s in range(16):
-                sc[b, s] = x[192 + s] - 256 if x[192 + s] >= 128 else x[192 + s]
+                v = x[xb + 192 + s]
+                sc[b, s] = v - 256 if v >= 128 else v
                 mn[b, s] = 0
             for j in range(2):              # e = j*128 + l*32 + i; low 4 from ql, high 2 from qh
-                qh = x[128 + j * 32:160 + j * 32]
-                for l in range(4):
-                    ql = x[j * 64 + (l % 2) * 32:j * 64 + (l % 2) * 32 + 32]
-                    sh = 4 * (l // 2)
-                    wb = w[o + j * 128 + l * 32:o + j * 128 + l * 32 + 32]
-                    for i in range(32):
-                        wb[i] = np.int8(((ql[i] >> sh) & 0xF) | (((qh[i] >> (2 * l)) & 3) << 4))
+                for i in range(32):
+                    h = x[xb + 128 + j * 32 + i]
+                    a = x[xb + j * 64 + i]
+                    c = x[xb + j * 64 + 32 + i]
+                    w[o + j * 128 + i] = np.int8((a & 0xF) | ((h & 3) << 4))
+                    w[o + j * 128 + 32 + i] = np.int8((c & 0xF) | ((h & 12) << 2))
+                    w[o + j * 128 + 64 + i] = np.int8((a >> 4) | (h & 48))
+                    w[o + j * 128 + 96 + i] = np.int8((c >> 4) | ((h & 192) >> 2))
