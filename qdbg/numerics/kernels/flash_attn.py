@@ -57,6 +57,10 @@ def flash_attn_ext(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray
     n_kv, n_head_kv, dv = v.shape
     if n_head % n_head_kv:
         raise QdbgError(f"flash_attn_ext: {n_head} query heads over {n_head_kv} KV heads")
+    if n_threads < 1:
+        raise QdbgError(f"flash_attn_ext: n_threads {n_threads}")
+    if n_tok == 0:
+        return np.empty((0, n_head * dv), np.float32)
     qf = np.ascontiguousarray(q, np.float32)
     kb = np.ascontiguousarray(k).view(np.uint16)
     vb = np.ascontiguousarray(v).view(np.uint16)
