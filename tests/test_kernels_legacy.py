@@ -30,7 +30,7 @@ GOLDEN = Path(__file__).parent / "golden" / "kernels" / "legacy.npz"
 _N_IN = (32, 96, 256, 320, 640, 1056)
 _N_TOK = (1, 2, 3, 4, 5, 7, 8, 9, 13, 33)
 _N_OUT = (1, 3, 5, 6, 7, 13, 16, 2, 37, 4, 9)
-_N_OUT_REPACK = (8, 16, 24, 40, 64)
+_N_OUT_REPACK = (8, 16, 24, 40)
 
 
 def _cases() -> list[dict]:
@@ -39,7 +39,7 @@ def _cases() -> list[dict]:
     for qtype, rep in configs:
         outs = _N_OUT_REPACK if rep else _N_OUT
         for i, (n_in, n_tok) in enumerate((a, b) for a in _N_IN for b in _N_TOK):
-            if n_in == 1056 and n_tok not in (1, 2, 5, 8, 13):
+            if (n_in == 1056 and n_tok not in (1, 2, 5, 8, 13)) or (n_in in (96, 256) and n_tok == 33):
                 continue                                   # keep the golden file small
             cases.append({"qtype": qtype, "repacked": rep, "n_in": n_in, "n_tok": n_tok,
                           "n_out": outs[(i * 7 + n_tok) % len(outs)], "seed": len(cases)})
@@ -69,9 +69,13 @@ def case_inputs(case: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 @functools.cache
-def _golden() -> tuple[list[dict], dict[str, np.ndarray]]:
+def _golden() -> tuple[list[dict], list[np.ndarray]]:
+    """(case table, expected outputs): `y` holds every case's [n_tok, n_out] output, concatenated."""
     with np.load(GOLDEN) as z:
-        return json.loads(str(z["cases"])), {k: z[k] for k in z.files if k != "cases"}
+        cases, flat = json.loads(str(z["cases"])), z["y"]
+    sizes = [c["n_tok"] * c["n_out"] for c in cases]
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
+    return cases, [p.reshape(c["n_tok"], c["n_out"]) for p, c in zip(parts, cases)]
 
 
 def test_case_table_matches_golden() -> None:
@@ -87,7 +91,7 @@ def test_bit_exact(i: int) -> None:
     case = CASES[i]
     raw, x = case_inputs(case)
     y = mul_mat_legacy(raw, QT[case["qtype"]], case["n_in"], x, case["repacked"])
-    want = ys[f"y{i}"]
+    want = ys[i]
     assert y.shape == want.shape
     assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), \
         f"{int((y.view(np.uint32) != want.view(np.uint32)).sum())} of {y.size} differ"

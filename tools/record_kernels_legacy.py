@@ -3,7 +3,8 @@
 Drives the installed wheel's ggml through ctypes: one MUL_MAT graph per case, the weight in a plain
 CPU buffer or in the CPU_REPACK buffer, computed by the CPU backend with 1 thread and again with 4
 threads (the script stops if the two differ). Inputs come from seeds (`CASES`, `case_inputs` in
-tests/test_kernels_legacy.py), so the golden file holds only the case table and the outputs.
+tests/test_kernels_legacy.py), so the golden file holds only the case table and the outputs
+(one flat array, case after case). tools/ggml_oracle.py (written later) offers the same driver.
 
     python tools/record_kernels_legacy.py            # writes tests/golden/kernels/legacy.npz
 """
@@ -95,17 +96,17 @@ def ggml_mul_mat(raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray, repacked:
 
 
 def main() -> None:
-    outs = {}
-    for i, case in enumerate(CASES):
+    outs = []
+    for case in CASES:
         raw, x = case_inputs(case)
         qt = QT[case["qtype"]]
         y1 = ggml_mul_mat(raw, qt, case["n_in"], x, case["repacked"], 1)
         y4 = ggml_mul_mat(raw, qt, case["n_in"], x, case["repacked"], 4)
         if not np.array_equal(y1.view(np.uint32), y4.view(np.uint32)):
             raise SystemExit(f"thread count changes bits: {case}")
-        outs[f"y{i}"] = y1
+        outs.append(y1.reshape(-1))
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(OUT, cases=np.array(json.dumps(CASES)), **outs)
+    np.savez_compressed(OUT, cases=np.array(json.dumps(CASES)), y=np.concatenate(outs))
     print(f"{len(CASES)} cases -> {OUT} ({OUT.stat().st_size} bytes); 1 and 4 threads agree")
 
 
