@@ -179,6 +179,13 @@ def _round_bf16(x: np.ndarray) -> np.ndarray:
     return (h << 16).view(np.float32)
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only C-contiguous view: GGUF memmaps and in-memory arrays share one specialization."""
+    v = np.ascontiguousarray(a).view()
+    v.flags.writeable = False
+    return v
+
+
 def _tinyblas_takes(m: int, n: int, k: int) -> bool:
     """llamafile_sgemm + tinyBLAS::matmul accept (AVX2, 16 vector registers)."""
     return n >= 2 and k % 8 == 0 and m % 4 == 0
@@ -203,7 +210,7 @@ def mul_mat_float(w: np.ndarray, qtype: GGMLQuantizationType, x: np.ndarray) -> 
                          f"and x {x.dtype}{list(x.shape)} do not match")
     n_out, n_in = w.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
-    w16 = np.ascontiguousarray(w).view(np.uint16)  # F32 rows as pairs of little-endian words
+    w16 = _readonly(np.ascontiguousarray(w).view(np.uint16))  # F32 rows: pairs of LE words
     if kind == _W_F16:
         x = _round_f16(x)
     elif kind == _W_BF16:
@@ -235,5 +242,5 @@ def mul_mat_f16_heads(a: np.ndarray, b: np.ndarray, b_contiguous: bool) -> np.nd
     path = _TINYBLAS if _tinyblas_takes(m, n, k) else _VD_F16
     bh = _round_f16(np.ascontiguousarray(b, dtype=np.float32)).reshape(h_a, h_b // h_a * n, k)
     out = np.empty((h_a, h_b // h_a * n, m), np.float32)
-    _mm_heads(np.ascontiguousarray(a), bh, out, path)
+    _mm_heads(_readonly(a), bh, out, path)
     return out.reshape(h_b, n, m)
