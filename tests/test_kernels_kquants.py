@@ -105,3 +105,32 @@ def test_rejects_bad_shapes() -> None:
         mul_mat_kquant(raw, QT.Q4_K, 512, np.ones((1, 512), np.float32), False)
     with pytest.raises(QdbgError, match="activation of shape"):
         mul_mat_kquant(raw, QT.Q4_K, 256, np.ones((1, 512), np.float32), False)
+
+
+@pytest.mark.parametrize("stem", ["llama-Q4_K_M", "llama-Q5_K_M"])
+def test_fidelity_golden_matmuls_bit_equal(stem: str, tmp_path: Path) -> None:
+    """Every K-quant MUL_MAT node llama.cpp recorded for a synthetic model (7-token prompt and
+    1-token decodes: Q4_K repacked gemm + gemv, Q5_K and Q6_K vec_dot), fed its recorded input."""
+    from goldens import GOLDEN_DIR, load_golden
+    from qdbg.model import Model
+    from qdbg.synth import SynthCache, SynthSpec, write_gguf
+
+    g = load_golden(GOLDEN_DIR / f"{stem}.npz")
+    spec = SynthSpec.from_dict(g.spec)
+    m = Model(write_gguf(spec, tmp_path / f"{stem}.gguf", g.ftype, cache=SynthCache(spec)))
+    seen: set[tuple[str, int]] = set()
+    for step in range(len(g.steps)):
+        for node in g.nodes(step, op="MUL_MAT"):
+            info = m.tensors.get(node.srcs[0])
+            if info is None or info.qtype not in (QT.Q4_K, QT.Q5_K, QT.Q6_K) or node.src_keys[1] is None:
+                continue
+            x = g.tensor_by_key(step, node.src_keys[1])
+            want = g.tensor_by_key(step, node.key)
+            x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+            want = want.reshape(x.shape[0], -1)
+            n_out = want.shape[1]
+            repacked = info.qtype == QT.Q4_K and n_out % 8 == 0
+            got = mul_mat_kquant(m.gguf.raw(node.srcs[0]).reshape(n_out, -1), info.qtype, x.shape[1], x, repacked)
+            assert _bits_equal(got, want), (stem, step, node.name)
+            seen.add((info.qtype.name + ("/repack" if repacked else ""), x.shape[0]))
+    assert {n for _, n in seen} == {1, 7} and len(seen) == 4, seen
