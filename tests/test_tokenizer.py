@@ -24,7 +24,8 @@ from qdbg.tokenizer.pretokenize import _NAMES, KNOWN_UNSUPPORTED, PreTokenizer
 GOLDEN = Path(__file__).parent / "golden" / "tokenizer"
 VOCABS = ["smollm2", "bpe_default", "bpe_gpt2", "bpe_llama3", "bpe_qwen2", "bpe_smollm", "spm", "spm_noprefix",
           "spm_phi3"]
-FAMILY_NAME = {"default": "default", "gpt2": "gpt-2", "llama3": "llama-bpe", "qwen2": "qwen2", "starcoder": "smollm"}
+FAMILY_NAME = {"default": "default", "gpt2": "gpt-2", "llama3": "llama-bpe", "qwen2": "qwen2", "starcoder": "smollm",
+               "qwen35": "qwen35", "deepseek_llm": "deepseek-llm", "deepseek_coder": "deepseek-coder", "falcon": "falcon"}
 
 
 @lru_cache(maxsize=None)
@@ -206,8 +207,8 @@ def test_unknown_model_and_pre_are_named() -> None:
     md = dict(metadata("bpe_gpt2"))
     with pytest.raises(UnsupportedError, match="'no-such-pre'.*unknown"):
         Tokenizer.from_gguf({**md, "tokenizer.ggml.pre": "no-such-pre"})
-    with pytest.raises(UnsupportedError, match="'deepseek-coder'.*not implemented"):
-        Tokenizer.from_gguf({**md, "tokenizer.ggml.pre": "deepseek-coder"})
+    with pytest.raises(UnsupportedError, match="'deepseek-v3'.*not implemented"):
+        Tokenizer.from_gguf({**md, "tokenizer.ggml.pre": "deepseek-v3"})
     with pytest.raises(UnsupportedError, match="'bert'"):
         Tokenizer.from_gguf({**md, "tokenizer.ggml.model": "bert"})
     no_pre = {k: v for k, v in md.items() if k != "tokenizer.ggml.pre"}
