@@ -122,7 +122,8 @@ class Scenario:
 
     name: str
     what: str
-    settings: dict[str, Any]  # n_ctx, n_batch, n_ubatch, n_threads, flash_attn (as requested)
+    # n_ctx, n_batch, n_ubatch, n_threads (used as both n_threads and n_threads_batch), flash_attn
+    settings: dict[str, Any]
     n_ctx: int  # as llama.cpp set it
     tokens: tuple[int, ...]  # prompt then the greedy decode tokens
     n_prompt: int
@@ -158,9 +159,16 @@ class ExactGolden:
     quantize: dict[str, Any]
     build: dict[str, str]  # llama-cpp-python / ggml versions, llama_print_system_info()
     gguf_tensors: dict[str, dict[str, Any]]  # name -> {type, shape, sha256} of the quantized file
-    weights: dict[str, dict[str, Any]]  # name -> {type, buffer (CPU_REPACK / CPU_Mapped), ne}
+    # name -> {type, ne, buffer: the buffer its MUL_MAT reads (CPU_REPACK / CPU_Mapped),
+    #          buffer_by_use: {consumer node name: buffer}} -- tied token_embd.weight is CPU_Mapped
+    #          for `embd` (GET_ROWS) but a CPU_REPACK duplicate for `result_output` in Q4_0/Q4_K
+    weights: dict[str, dict[str, Any]]
     qdbg_regenerates: bool
     scenarios: tuple[Scenario, ...]
+
+    def weight_buffer(self, weight: str, node_name: str) -> str:
+        """Buffer type (CPU_REPACK / CPU_Mapped) of `weight` as read by the node named node_name."""
+        return self.weights[weight]["buffer_by_use"][node_name]
 
     def scenario(self, name: str) -> Scenario:
         for s in self.scenarios:

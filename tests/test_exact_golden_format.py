@@ -72,8 +72,10 @@ def test_weights_pure(golden: ExactGolden) -> None:
         want = "F32" if len(t["shape"]) == 1 else golden.wtype
         assert t["type"] == want, name
     for name, w in golden.weights.items():
-        repack = golden.wtype in REPACKED and w["ne"][1] > 1 and name != "token_embd.weight"
-        assert w["buffer"] == ("CPU_REPACK" if repack else "CPU_Mapped"), name
+        for use, buf in w["buffer_by_use"].items():
+            repack = golden.wtype in REPACKED and w["ne"][1] > 1 and use != "embd"
+            assert buf == ("CPU_REPACK" if repack else "CPU_Mapped"), (name, use)
+    assert golden.weight_buffer("token_embd.weight", "embd") == "CPU_Mapped"
     assert golden.qdbg_regenerates
 
 

@@ -127,11 +127,19 @@ class _Recorder:
             else:  # a weight (or the KV cache tensor itself)
                 name = st.name.decode()
                 srcs.append(name)
-                if name not in self.weights and not name.startswith("cache_"):
-                    buf = _base.ggml_backend_buffer_name(st.buffer).decode() if st.buffer else ""
-                    self.weights[name] = {"type": type_name(st.type), "buffer": buf,
-                                          "ne": [int(x) for x in st.ne]}
+                if not name.startswith("cache_"):
+                    self._weight(name, st, self.meta[ptr])
         self.meta[ptr]["srcs"] = srcs
+
+    def _weight(self, name: str, st: GgmlTensor, user: dict[str, Any]) -> None:
+        # tied embeddings: token_embd.weight feeds GET_ROWS from CPU_Mapped and the output MUL_MAT
+        # through a duplicate that may sit in CPU_REPACK, so the buffer is recorded per use
+        buf = _base.ggml_backend_buffer_name(st.buffer).decode() if st.buffer else ""
+        w = self.weights.setdefault(name, {"type": type_name(st.type), "ne": [int(x) for x in st.ne],
+                                           "buffer": buf, "buffer_by_use": {}})
+        w["buffer_by_use"][user["name"]] = buf
+        if user["op"] == "MUL_MAT":
+            w["buffer"] = buf  # the buffer its matmul reads (what decides repacked kernels)
 
     def _cb(self, ptr: int, ask: bool, _ud: Any) -> bool:
         try:
@@ -151,7 +159,9 @@ class _Recorder:
 
 @dataclass
 class Settings:
-    """Context settings of one scenario (None = llama.cpp's/llama-cpp-python's default)."""
+    """Context settings of one scenario. n_threads is used for both llama_context_params.n_threads
+    (one-token ubatches) and n_threads_batch (longer ubatches); llama_cpp.Llama would default
+    n_threads_batch to the CPU count."""
 
     n_ctx: int = 512
     n_batch: int = 512
