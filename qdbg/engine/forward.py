@@ -23,6 +23,7 @@ from qdbg.engine.result import OpResult
 from qdbg.engine.weights import Weight
 from qdbg.errors import QdbgError, UsageError
 from qdbg.numerics import DEFAULT_MODE, Numerics, RunSettings, make_numerics
+from qdbg.progress import Progress
 
 Override = Union[np.ndarray, Callable[[OpResult], "np.ndarray | None"]]
 
@@ -193,7 +194,7 @@ class Engine:
             if self.settings.flash_attn:
                 yield emit(L("kqv_out"), "attn", il,
                            nx.flash_attn(q, k_all, v_all, mask, cfg.softmax_scale), TOK_CH,
-                           (roped["Q"], roped["K"], L("Vcur")), ggml=(L("kqv_out"), "FLASH_ATTN_EXT"))
+                           (roped["Q"], roped["K"], L("Vcur")), ggml=(None, "FLASH_ATTN_EXT"))
             else:
                 yield emit(L("kq"), "scores", il, nx.attn_scores(q, k_all), SCORES,
                            (roped["Q"], roped["K"]), ggml=(L("kq"), "MUL_MAT"))
@@ -251,22 +252,26 @@ class Engine:
         self.n_steps += 1
         yield final
 
-    def logits(self, tokens: Sequence[int], decode: int = 0) -> np.ndarray:
+    def logits(self, tokens: Sequence[int], decode: int = 0, progress: Progress | None = None) -> np.ndarray:
         """Run straight through; the logits [n_tok, n_vocab] of `tokens` after what came before.
 
         As llama.cpp evaluates them: the first len(tokens) - decode tokens as a prompt split into
         micro-batches, then each of the last `decode` tokens alone (a generation step).
+        `progress` (qdbg.progress) hears of each finished layer, counted over all passes.
         """
         toks = [int(t) for t in tokens]
         if not 0 <= decode <= len(toks):
             raise UsageError(f"--decode {decode} is more than the {len(toks)} tokens given")
         cut = len(toks) - decode
         passes = (self.ubatches(toks[:cut]) if cut else []) + [[t] for t in toks[cut:]]
+        n_layer = self.cfg.n_layer
         rows = []
-        for chunk in passes:
+        for p, chunk in enumerate(passes):
             res = None
             for res in self.forward(chunk):
-                pass
+                if progress is not None and res.layer is not None and res.name.startswith("l_out"):
+                    progress(f"pass {p + 1}/{len(passes)}, layer {res.layer + 1}/{n_layer}",
+                             p * n_layer + res.layer + 1, len(passes) * n_layer)
             assert res is not None
             rows.append(res.value)
         return np.concatenate(rows) if len(rows) > 1 else rows[0]

@@ -33,11 +33,11 @@ class ApproximateWarning(UserWarning):
 
 
 def is_repacked(w: Weight) -> bool:
-    """Whether llama.cpp keeps this weight repacked (interleaved 8 rows) in its CPU_REPACK buffer:
-    a matrix read only by MUL_MAT (token_embd feeds GET_ROWS, so it is not) of a repackable type
-    whose row count is a multiple of 8."""
-    return (w.qtype in REPACK_TYPES and len(w.shape) == 2 and w.shape[0] % 8 == 0
-            and w.name != "token_embd.weight")
+    """Whether a MUL_MAT reads this weight repacked (interleaved 8 rows, CPU_REPACK buffer): a
+    matrix of a repackable type whose row count is a multiple of 8. A tied token_embd is read
+    plain by GET_ROWS but through a repacked duplicate by the output MUL_MAT, so only the use
+    decides, and every use that reaches `matmul` is a MUL_MAT."""
+    return w.qtype in REPACK_TYPES and len(w.shape) == 2 and w.shape[0] % 8 == 0
 
 
 def _pad_cells(x: np.ndarray, n: int, axis: int, value: float = 0.0) -> np.ndarray:

@@ -25,6 +25,9 @@ def cache_dir() -> Path:
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
 
 import numba  # noqa: E402
+
+if not numba.config.CACHE_DIR:  # numba was imported before us: point it at our cache anyway (read
+    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]  # when each cached kernel is defined)
 from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
