@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdbg.numerics.kernels.kq_unpack import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, unpack_row
+from qdbg.numerics.kernels.kq_unpack import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, stage_row, unpack_codes, unpack_scales
 from qdbg.numerics.kernels.nb import fma32, hsum8, jit
 
 VEC_DOT, TILED, REPACK = 0, 1, 2
@@ -182,12 +182,17 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
     acc = np.empty(8, F32)
     accm = np.empty(8, F32)
     rb = np.empty(w_raw.shape[1], np.int32)
+    st = np.empty(nb * 216, np.uint8)       # blocks at a whole-word stride (<= 216 bytes)
+    st64 = st.view(np.uint64)
+    w64 = w.view(np.uint64)
     n_gemm = n_tok - n_tok % 4
     for r in range(n_out):
         wr = w_raw[r]
         for i in range(rb.shape[0]):
             rb[i] = wr[i]
-        unpack_row(rb, qt, nb, w, sc, mn, xd, xdm)
+        unpack_scales(rb, qt, nb, sc, mn, xd, xdm)
+        stage_row(wr, qt, nb, st)
+        unpack_codes(st64, qt, nb, w64)
         for b in range(nb):
             for j in range(64):
                 sc4[b, j] = sc[b, j >> 2]

@@ -48,23 +48,17 @@ def _scale_min_k4(x, o, j):
 
 
 @jit
-def unpack_row(x, qt, nb, w, sc, mn, d, dm):
-    """One GGUF row (its bytes widened to int32 [nb*block_bytes]) into w/sc/mn/d/dm.
-    Plain offsets, no slices in the loops: numba slices cost reference-count updates."""
+def unpack_scales(x, qt, nb, sc, mn, d, dm):
+    """Scales, mins, d, dmin of one GGUF row (its bytes widened to int32 [nb*block_bytes])."""
     bb = 84 if qt == Q2_K else 110 if qt == Q3_K else 144 if qt == Q4_K else 176 if qt == Q5_K else 210
     for b in range(nb):
         xb = b * bb
-        o = b * 256
         if qt == Q2_K:
             d[b] = _f16(x, xb + 80)
             dm[b] = _f16(x, xb + 82)
             for s in range(16):
                 sc[b, s] = x[xb + s] & 0xF
                 mn[b, s] = x[xb + s] >> 4
-            for j in range(2):              # e = j*128 + l*32 + i; code = qs[j*32+i] >> 2l
-                for l in range(4):
-                    for i in range(32):
-                        w[o + j * 128 + l * 32 + i] = np.int8((x[xb + 16 + j * 32 + i] >> (2 * l)) & 3)
         elif qt == Q3_K:
             d[b] = _f16(x, xb + 108)
             dm[b] = np.float32(0.0)
@@ -73,11 +67,6 @@ def unpack_row(x, qt, nb, w, sc, mn, d, dm):
                 hi = (x[xb + 96 + 8 + s % 4] >> (2 * (s // 4))) & 3
                 sc[b, s] = (lo | (hi << 4)) - 32
                 mn[b, s] = 0
-            for j in range(2):              # e = j*128 + l*32 + i; hmask bit 4j+l of byte i
-                for l in range(4):
-                    for i in range(32):
-                        w[o + j * 128 + l * 32 + i] = np.int8(((x[xb + 32 + j * 32 + i] >> (2 * l)) & 3) - 4
-                                                              + 4 * ((x[xb + i] >> (4 * j + l)) & 1))
         elif qt == Q4_K or qt == Q5_K:
             d[b] = _f16(x, xb + 0)
             dm[b] = _f16(x, xb + 2)
@@ -87,19 +76,6 @@ def unpack_row(x, qt, nb, w, sc, mn, d, dm):
                 sc[b, 2 * j + 1] = s
                 mn[b, j] = m
                 mn[b, 8 + j] = 0
-            if qt == Q4_K:
-                for j in range(4):          # e = j*64 + l*32 + i; nibble l of qs[j*32+i]
-                    for i in range(32):
-                        v = x[xb + 16 + j * 32 + i]
-                        w[o + j * 64 + i] = np.int8(v & 0xF)
-                        w[o + j * 64 + 32 + i] = np.int8(v >> 4)
-            else:                           # Q5_K: 5th bit from qh bit 2j+l
-                for j in range(4):
-                    for i in range(32):
-                        v = x[xb + 48 + j * 32 + i]
-                        h = x[xb + 16 + i] >> (2 * j)
-                        w[o + j * 64 + i] = np.int8((v & 0xF) | ((h & 1) << 4))
-                        w[o + j * 64 + 32 + i] = np.int8((v >> 4) | ((h & 2) << 3))
         else:
             d[b] = _f16(x, xb + 208)
             dm[b] = np.float32(0.0)
@@ -107,12 +83,66 @@ def unpack_row(x, qt, nb, w, sc, mn, d, dm):
                 v = x[xb + 192 + s]
                 sc[b, s] = v - 256 if v >= 128 else v
                 mn[b, s] = 0
-            for j in range(2):              # e = j*128 + l*32 + i; low 4 from ql, high 2 from qh
-                for i in range(32):
-                    h = x[xb + 128 + j * 32 + i]
-                    a = x[xb + j * 64 + i]
-                    c = x[xb + j * 64 + 32 + i]
-                    w[o + j * 128 + i] = np.int8((a & 0xF) | ((h & 3) << 4))
-                    w[o + j * 128 + 32 + i] = np.int8((c & 0xF) | ((h & 12) << 2))
-                    w[o + j * 128 + 64 + i] = np.int8((a >> 4) | (h & 48))
-                    w[o + j * 128 + 96 + i] = np.int8((c >> 4) | ((h & 192) >> 2))
+
+
+# per-byte masks for SWAR on 8 codes at once (little-endian: byte i of a word = element i)
+_M1 = np.uint64(0x0101010101010101)
+_M3 = np.uint64(0x0303030303030303)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_FC = np.uint64(0xFC)
+_U = np.uint64
+
+
+@jit
+def stage_row(row, qt, nb, st):
+    """Copy the row's blocks into st (uint8) at a stride rounded up to whole 8-byte words."""
+    bb = 84 if qt == Q2_K else 110 if qt == Q3_K else 144 if qt == Q4_K else 176 if qt == Q5_K else 210
+    sb = 8 * ((bb + 7) // 8)
+    for b in range(nb):
+        for i in range(bb):
+            st[b * sb + i] = row[b * bb + i]
+
+
+@jit
+def unpack_codes(x, qt, nb, w):
+    """Codes of a staged row (x: its uint64 words) into w (the int8 codes viewed as uint64),
+    8 codes per word operation."""
+    nw = 11 if qt == Q2_K else 14 if qt == Q3_K else 18 if qt == Q4_K else 22 if qt == Q5_K else 27
+    for b in range(nb):
+        xb = b * nw
+        o = b * 32
+        if qt == Q2_K:                      # qs: words 2..9; e = j*128 + l*32 + i
+            for j in range(2):
+                for l in range(4):
+                    for u in range(4):
+                        w[o + 16 * j + 4 * l + u] = (x[xb + 2 + 4 * j + u] >> _U(2 * l)) & _M3
+        elif qt == Q3_K:                    # hmask: words 0..3, qs: words 4..11
+            for j in range(2):
+                for l in range(4):
+                    for u in range(4):
+                        low = (x[xb + 4 + 4 * j + u] >> _U(2 * l)) & _M3
+                        clear = (~x[xb + u] >> _U(4 * j + l)) & _M1
+                        w[o + 16 * j + 4 * l + u] = low | (clear * _FC)   # int8 low2 - 4 when clear
+        elif qt == Q4_K:                    # qs: words 2..17; e = j*64 + l*32 + i
+            for j in range(4):
+                for u in range(4):
+                    v = x[xb + 2 + 4 * j + u]
+                    w[o + 8 * j + u] = v & _M4
+                    w[o + 8 * j + 4 + u] = (v >> _U(4)) & _M4
+        elif qt == Q5_K:                    # qh: words 2..5, qs: words 6..21
+            for j in range(4):
+                for u in range(4):
+                    v = x[xb + 6 + 4 * j + u]
+                    h = x[xb + 2 + u]
+                    w[o + 8 * j + u] = (v & _M4) | (((h >> _U(2 * j)) & _M1) << _U(4))
+                    w[o + 8 * j + 4 + u] = ((v >> _U(4)) & _M4) | (((h >> _U(2 * j + 1)) & _M1) << _U(4))
+        else:                               # Q6_K ql: words 0..15, qh: words 16..23
+            for j in range(2):
+                for u in range(4):
+                    h = x[xb + 16 + 4 * j + u]
+                    a = x[xb + 8 * j + u]
+                    c = x[xb + 8 * j + 4 + u]
+                    w[o + 16 * j + u] = (a & _M4) | ((h & _M3) << _U(4))
+                    w[o + 16 * j + 4 + u] = (c & _M4) | (((h >> _U(2)) & _M3) << _U(4))
+                    w[o + 16 * j + 8 + u] = ((a >> _U(4)) & _M4) | (((h >> _U(4)) & _M3) << _U(4))
+                    w[o + 16 * j + 12 + u] = ((c >> _U(4)) & _M4) | (((h >> _U(6)) & _M3) << _U(4))
