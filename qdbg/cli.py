@@ -447,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     for field in SYNTH_FIELDS:
         p.add_argument(f"--{field.replace('_', '-')}", dest=field, type=int)
     p.set_defaults(fn=cmd_synth)
+
+    from qdbg.cli_scan import add_scan_parser
+    add_scan_parser(sub)
     return ap
 
 
