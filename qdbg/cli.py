@@ -18,6 +18,7 @@ import numpy as np
 from qdbg.errors import QdbgError, UsageError
 
 EXIT_USAGE = 2
+DEFAULT_TRACE_BUDGET = "64M"
 SYNTH_FIELDS = ("n_layer", "n_embd", "n_ff", "n_head", "n_head_kv", "head_dim", "n_vocab", "sliding_window", "seed")
 
 
@@ -47,25 +48,47 @@ def _parse_tokens(text: str) -> list[int]:
     except ValueError:
         raise UsageError(f"--tokens takes comma-separated integers, got {text!r}") from None
     if not ids:
-        raise UsageError("--tokens is empty")
+        raise UsageError("--tokens is empty: give at least one token id")
     return ids
 
 
-def prompt_tokens(model, args: argparse.Namespace) -> list[int]:
-    """The token ids a command runs on: --tokens as given, or --prompt through the tokenizer."""
-    if getattr(args, "tokens", None):
+def check_prompt_args(args: argparse.Namespace) -> None:
+    """Reject malformed --tokens and prompt options that would be ignored; read --chat-template now
+    (all before any work)."""
+    chat = getattr(args, "chat", False)
+    for flag, value in (("--system", getattr(args, "system", None)),
+                        ("--chat-template", getattr(args, "chat_template", None))):
+        if value is not None and not chat:
+            raise UsageError(f"{flag} only applies with --chat")
+    if getattr(args, "tokens", None) is not None:
+        if chat:
+            raise UsageError("--chat wraps a --prompt; --tokens are used exactly as given")
+        _parse_tokens(args.tokens)
+    path = getattr(args, "chat_template", None)
+    if path is not None:
+        try:
+            args.chat_template_text = _existing_file(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: not UTF-8 text") from None
+
+
+def prompt_tokens(model, args: argparse.Namespace, *, allow_empty: bool = False) -> list[int]:
+    """The token ids a command runs on: --tokens as given, or --prompt through the tokenizer.
+
+    An explicit `--system ""` is a system message with empty content (a template then does not add
+    its default one). `allow_empty` is for `tokenize`, which, like llama.cpp, may return no tokens.
+    """
+    if getattr(args, "tokens", None) is not None:
         return _parse_tokens(args.tokens)
     text = args.prompt
     tok = model.tokenizer
     if getattr(args, "chat", False):
-        msgs = []
-        if getattr(args, "system", None):
-            msgs.append({"role": "system", "content": args.system})
-        msgs.append({"role": "user", "content": text})
-        text = tok.render_chat(msgs, add_generation_prompt=True)
+        system = getattr(args, "system", None)
+        text = tok.render_chat([{"role": "user", "content": text}], add_generation_prompt=True,
+                               system=system, template=getattr(args, "chat_template_text", None))
     ids = tok.encode(text, add_bos=False if args.no_bos else None, parse_special=not args.no_special)
-    if not ids:
-        raise UsageError("the prompt tokenizes to no tokens")
+    if not ids and not allow_empty:
+        raise UsageError("the prompt tokenizes to no tokens; a model needs at least one")
     return ids
 
 
@@ -73,8 +96,15 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--prompt", help="text to tokenize with the model's own tokenizer")
     g.add_argument("--tokens", help="comma-separated token ids, used exactly as given")
+    _add_text_args(p)
+
+
+def _add_text_args(p: argparse.ArgumentParser) -> None:
+    """How text becomes tokens: chat template, system message, BOS, special tokens."""
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the file's chat template")
-    p.add_argument("--system", help="system message for --chat")
+    p.add_argument("--system", help="system message for --chat (an explicit \"\" is an empty one)")
+    p.add_argument("--chat-template", metavar="FILE",
+                   help="with --chat: a Jinja chat template to use instead of the file's")
     p.add_argument("--no-bos", action="store_true", help="do not add BOS even if the file asks for it")
     p.add_argument("--no-special", action="store_true", help="tokenize special-token text as plain text")
 
@@ -121,7 +151,10 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
 
 
 def _print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
+    """Strict JSON on one line (non-finite floats as the strings 'nan', 'inf', '-inf')."""
+    from qdbg.cli_run import jsonable
+
+    sys.stdout.write(json.dumps(jsonable(obj), indent=None, separators=(",", ":"), allow_nan=False) + "\n")
 
 
 def _fmt_bytes(n: int) -> str:
@@ -134,10 +167,22 @@ def _fmt_bytes(n: int) -> str:
 
 # --- commands ------------------------------------------------------------------------------
 
+def _type_counts(m) -> dict[str, int]:
+    """{quant type name: number of tensors}, most common first."""
+    counts: dict[str, int] = {}
+    for t in m.tensors.values():
+        counts[t.qtype.name] = counts.get(t.qtype.name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if len(args.model) > 2:
+        raise UsageError("inspect takes one file, or two to compare their tensor types")
+    if len(args.model) == 2:
+        return _inspect_diff(args)
     from dataclasses import asdict
 
-    m = open_model(args.model)
+    m = open_model(args.model[0])
     cfg = {k: v for k, v in asdict(m.config).items() if k != "extra"}
     cfg["swa_layers"] = list(cfg["swa_layers"])
     tensors = [
@@ -149,13 +194,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     cov = coverage({t.name: (t.qtype, tuple(t.shape)) for t in m.tensors.values()})
     if args.json:
         _print_json({"path": str(m.path), "gguf_version": m.gguf.version, "architecture": m.config.arch,
-                     "name": m.name, "config": cfg, "types": m.type_summary(), "tensors": tensors,
+                     "name": m.name, "config": cfg, "types": _type_counts(m), "tensors": tensors,
                      "exact_mode": cov})
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from qdbg.cli_progress import plain_table, stdout_console
 
-    con = Console()
+    con = stdout_console()
     con.print(f"[bold]{m.path.name}[/]  GGUF v{m.gguf.version}  {m.config.arch}  '{m.name}'  "
               f"{_fmt_bytes(m.path.stat().st_size)}")
     con.print(f"types: {m.type_summary()}")
@@ -163,45 +207,96 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     con.print(f"  {len(cov['repacked'])} matrices repacked as llama.cpp does (CPU_REPACK); "
               + (f"approximate (no exact kernel): {', '.join(cov['approximate'])}" if cov["approximate"]
                  else "every matrix has an exact kernel"), highlight=False)
-    ct = Table(show_header=False, box=None, pad_edge=False)
+    ct = plain_table(show_header=False, box=None, pad_edge=False)
     for k, v in cfg.items():
         if k == "swa_layers" and v:
             v = "".join("s" if s else "G" for s in v)
         ct.add_row(k, str(v))
     con.print(ct)
-    tt = Table("tensor", "shape", "type", "bytes", box=None, pad_edge=False)
+    tt = plain_table("tensor", "shape", "type", "bytes", box=None, pad_edge=False)
     for t in tensors:
         tt.add_row(t["name"], "x".join(map(str, t["shape"])), t["type"], _fmt_bytes(t["bytes"]))
     con.print(tt)
     return 0
 
 
-def cmd_logits(args: argparse.Namespace) -> int:
-    from qdbg.engine.forward import Engine
+def _inspect_diff(args: argparse.Namespace) -> int:
+    """`inspect A B`: the tensors whose types differ (with sizes), and those only one file has."""
+    a, b = open_model(args.model[0]), open_model(args.model[1])
+    ta, tb = a.tensors, b.tensors
+    differ = [{"name": n, "shape": list(ta[n].shape), "a_type": ta[n].qtype.name, "b_type": tb[n].qtype.name,
+               "a_bytes": ta[n].n_bytes, "b_bytes": tb[n].n_bytes}
+              for n in ta if n in tb and ta[n].qtype != tb[n].qtype]
+    only_a, only_b = [n for n in ta if n not in tb], [n for n in tb if n not in ta]
+    doc = {"a": str(a.path), "b": str(b.path), "a_types": _type_counts(a), "b_types": _type_counts(b),
+           "differ": differ, "same": sum(1 for n in ta if n in tb) - len(differ),
+           "only_a": only_a, "only_b": only_b,
+           "a_bytes": sum(t.n_bytes for t in ta.values()), "b_bytes": sum(t.n_bytes for t in tb.values())}
+    if args.json:
+        _print_json(doc)
+        return 0
+    from qdbg.cli_progress import plain_table, stdout_console
 
-    m = open_model(args.model)
-    ids = prompt_tokens(m, args)
-    if len(ids) > m.config.n_ctx_train:
-        raise UsageError(f"the prompt has {len(ids)} tokens, more than the context ({m.config.n_ctx_train})")
+    con = stdout_console()
+    con.print(f"A = {a.path.name}  ({a.type_summary()})", highlight=False)
+    con.print(f"B = {b.path.name}  ({b.type_summary()})", highlight=False)
+    con.print(f"{len(differ)} tensors differ in type, {doc['same']} agree; tensor data "
+              f"A {_fmt_bytes(doc['a_bytes'])}, B {_fmt_bytes(doc['b_bytes'])}", highlight=False)
+    if differ:
+        t = plain_table("tensor", "shape", "A type", "B type", "A bytes", "B bytes", box=None, pad_edge=False)
+        for d in differ:
+            t.add_row(d["name"], "x".join(map(str, d["shape"])), d["a_type"], d["b_type"],
+                      _fmt_bytes(d["a_bytes"]), _fmt_bytes(d["b_bytes"]))
+        con.print(t)
+    for lab, names in (("A", only_a), ("B", only_b)):
+        if names:
+            con.print(f"only in {lab}: {', '.join(names)}", highlight=False)
+    return 0
+
+
+def cmd_logits(args: argparse.Namespace) -> int:
+    from qdbg.cli_progress import progress_bar
+    from qdbg.engine.forward import Engine
+    from qdbg.metrics import log_softmax
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: give at least 1")
     if args.save_logits:
         from qdbg.util import atomic_write, check_output
 
         check_output(args.save_logits)
+    m = open_model(args.model)
+    ids = prompt_tokens(m, args)
+    if len(ids) > m.config.n_ctx_train:
+        raise UsageError(f"the prompt has {len(ids)} tokens, more than the context ({m.config.n_ctx_train})")
     settings = settings_from_args(args)
     if args.decode < 0 or args.decode >= len(ids):
         raise UsageError(f"--decode {args.decode}: give a number from 0 to {len(ids) - 1} "
                          f"(the first tokens are the prompt)")
     engine = Engine(m, args.mode, settings=settings)
-    logits = engine.logits(ids, decode=args.decode)
+    with progress_bar(f"logits of {m.path.name}") as progress:
+        logits = engine.logits(ids, decode=args.decode, progress=progress)
     k = max(1, min(args.top_k, logits.shape[1]))
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     if args.save_logits:
         atomic_write(args.save_logits, lambda f: np.save(f, logits.astype(np.float32)))
     if args.json:
+        tok = _tokenizer_or_none(m)
+        lps = [log_softmax(row) for row in logits]
+
+        def entry(p: int, i: int) -> dict:
+            lp = lps[p]
+            e = {"id": int(i), "logit": float(logits[p, i]), "prob": None if lp is None else float(np.exp(lp[i]))}
+            if tok is not None:
+                pj = _pieces_json(tok, [i])
+                e["piece"], e["piece_bytes"] = pj["pieces"][0], pj["piece_bytes"][0]
+            return e
+
         _print_json({
             "numerics": engine.numerics.to_json(),
             "tokens": ids,
-            "top_k": [[{"id": int(i), "logit": float(logits[p, i])} for i in top[p]] for p in range(len(ids))],
+            **(_pieces_json(tok, ids) if tok is not None else {}),
+            "top_k": [[entry(p, i) for i in top[p]] for p in range(len(ids))],
         })
         return 0
     pieces = _pieces(m)
@@ -209,6 +304,13 @@ def cmd_logits(args: argparse.Namespace) -> int:
         row = "  ".join(f"{int(i)}{pieces(int(i))}={logits[p, i]:.3f}" for i in top[p])
         print(f"{p:4d} {tid:7d}{pieces(tid)}  ->  {row}")
     return 0
+
+
+def _tokenizer_or_none(m):
+    try:
+        return m.tokenizer
+    except QdbgError:
+        return None
 
 
 def _pieces(m) -> Callable[[int], str]:
@@ -228,7 +330,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{args.out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    files = synth.write_family(spec, out, [t.strip() for t in args.types.split(",") if t.strip()])
+    from qdbg.cli_progress import progress_bar
+
+    with progress_bar("synth") as progress:
+        files = synth.write_family(spec, out, [t.strip() for t in args.types.split(",") if t.strip()],
+                                   progress=progress)
     for ftype, path in files.items():
         print(f"{ftype:7s} {path}  {_fmt_bytes(path.stat().st_size)}")
     return 0
@@ -237,14 +343,27 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_tokenize(args: argparse.Namespace) -> int:
     m = open_model(args.model)
     args.prompt, args.tokens = args.text, None
-    ids = prompt_tokens(m, args)
-    pieces = m.tokenizer.pieces(ids)
+    ids = prompt_tokens(m, args, allow_empty=True)
+    tok = m.tokenizer
     if args.json:
-        _print_json({"ids": ids, "pieces": pieces})
+        _print_json({"ids": ids, **_pieces_json(tok, ids)})
         return 0
-    for i, (t, pc) in enumerate(zip(ids, pieces)):
+    for i, (t, pc) in enumerate(zip(ids, tok.pieces(ids))):
         print(f"{i:5d} {t:8d}  {pc!r}")
     return 0
+
+
+def _pieces_json(tok, ids: Sequence[int]) -> dict[str, list]:
+    """{"pieces": text or null where the bytes are not UTF-8, "piece_bytes": hex of each piece's bytes}."""
+    raw = [tok.piece_bytes(int(i)) for i in ids]
+    return {"pieces": [_utf8_or_none(b) for b in raw], "piece_bytes": [b.hex() for b in raw]}
+
+
+def _utf8_or_none(b: bytes) -> str | None:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
@@ -264,28 +383,54 @@ def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
     return s, {lab: m.path.name for lab, m in models.items()}
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from qdbg.cli_run import print_results, run_session
-
-    paths = {"A": args.a, "B": args.b}
-    if args.ref:
-        paths["R"] = args.ref
+def _check_run_args(args: argparse.Namespace) -> int:
+    """`run`'s option checks, all before any model is opened; the trace budget in bytes."""
+    if args.gen < 0:
+        raise UsageError(f"--gen {args.gen}: give 0 or more tokens to decode")
+    if args.text is not None and args.driver != "text":
+        raise UsageError("--text is the continuation for --driver text; add --driver text")
+    if args.driver == "text" and args.text is None:
+        raise UsageError("--driver text needs --text")
+    if args.driver in ("a", "b") and args.driver_given and not args.gen:
+        raise UsageError(f"--driver {args.driver} picks decoded tokens; add --gen N")
+    budget = 0
     if args.trace:
+        from qdbg.trace import parse_size
         from qdbg.util import check_output
 
         check_output(args.trace)
+        budget = parse_size(args.trace_budget or DEFAULT_TRACE_BUDGET)
+    elif args.trace_budget is not None:
+        raise UsageError("--trace-budget only applies with --trace")
+    return budget
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qdbg.cli_run import print_results, run_session
+
+    args.driver_given = args.driver is not None
+    args.driver = args.driver or "a"
+    budget = _check_run_args(args)
+    paths = {"A": args.a, "B": args.b}
+    if args.ref:
+        paths["R"] = args.ref
     s, names = _session_from_args(args, paths)
     forced = None
     if args.driver == "text":
-        if args.text is None:
-            raise UsageError("--driver text needs --text")
         forced = s.models["A"].tokenizer.encode(args.text, add_bos=False)
+        if not forced:
+            raise UsageError("--text tokenizes to no tokens")
+        if args.gen > len(forced):
+            raise UsageError(f"--gen {args.gen} is more than the {len(forced)} tokens of --text")
         args.gen = args.gen or len(forced)
-    stops = run_session(s, gen=args.gen, driver=args.driver, text_tokens=forced)
-    if args.trace:
-        from qdbg.trace import parse_size, save_trace
+    from qdbg.cli_progress import progress_bar
 
-        save_trace(s, Path(args.trace), tensor_budget_bytes=parse_size(args.trace_budget),
+    with progress_bar("run") as progress:
+        stops = run_session(s, gen=args.gen, driver=args.driver, text_tokens=forced, progress=progress)
+    if args.trace:
+        from qdbg.trace import save_trace
+
+        save_trace(s, Path(args.trace), tensor_budget_bytes=budget,
                    prompt_text=args.prompt)
     print_results(s, stops, args.json, names)
     return 0
@@ -356,8 +501,11 @@ def cmd_tui(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from qdbg.requant import requantize
 
+    from qdbg.cli_progress import progress_bar
+
     src = _existing_file(args.src)
-    out = requantize(src, args.dst, args.ftype)
+    with progress_bar(f"quantize to {args.ftype}") as progress:
+        out = requantize(src, args.dst, args.ftype, progress=progress)
     print(f"{out}  {_fmt_bytes(out.stat().st_size)}")
     return 0
 
@@ -370,8 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="architecture, configuration and tensor table of a GGUF file")
-    p.add_argument("model")
+    p = sub.add_parser("inspect", help="architecture, configuration and tensor table of a GGUF file; "
+                                       "with two files, the tensors whose types differ")
+    p.add_argument("model", nargs="+", metavar="FILE.gguf")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_inspect)
 
@@ -389,21 +538,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenize", help="tokenize text exactly as llama.cpp does")
     p.add_argument("model")
     p.add_argument("text")
-    p.add_argument("--chat", action="store_true")
-    p.add_argument("--system")
-    p.add_argument("--no-bos", action="store_true")
-    p.add_argument("--no-special", action="store_true")
+    _add_text_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_tokenize)
 
     p = sub.add_parser("run", help="run two models in lockstep to the end, stopping at breakpoints")
     _add_pair_args(p)
     p.add_argument("--gen", type=int, default=0, metavar="N", help="decode N more tokens after the prompt")
-    p.add_argument("--driver", choices=("a", "b", "text"), default="a",
-                   help="what picks decoded tokens: A's argmax, B's argmax, or --text")
-    p.add_argument("--text", metavar="TEXT", help="with --driver text: the continuation to feed")
+    p.add_argument("--driver", choices=("a", "b", "text"), default=None,
+                   help="what picks decoded tokens: A's argmax (default), B's argmax, or --text")
+    p.add_argument("--text", metavar="TEXT",
+                   help="with --driver text: the continuation to feed (--gen defaults to all its tokens)")
     p.add_argument("--trace", metavar="FILE", help="save the session as a trace")
-    p.add_argument("--trace-budget", default="64M", metavar="SIZE",
+    p.add_argument("--trace-budget", default=None, metavar="SIZE",
                    help="bytes of full tensors a trace may hold (e.g. 64M, 1G; default 64M)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_run)
@@ -472,6 +619,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_help()
         return EXIT_USAGE
     try:
+        if hasattr(args, "no_bos"):
+            check_prompt_args(args)
         return args.fn(args)
     except QdbgError as e:
         if args.debug:

@@ -260,6 +260,11 @@ def _log_softmax(x: np.ndarray) -> np.ndarray | None:
         return y - math.log(float(np.sum(np.exp(y))))
 
 
+def log_softmax(x: np.ndarray) -> np.ndarray | None:
+    """Natural-log probabilities of one logits row (see _log_softmax); None if they do not exist."""
+    return _log_softmax(np.asarray(x, dtype=np.float64))
+
+
 def _topk(r: np.ndarray, k: int) -> np.ndarray:
     """Ids of the k largest of r, descending, ties broken by lower id."""
     n = r.size

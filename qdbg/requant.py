@@ -14,6 +14,7 @@ import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 
 from qdbg.gguf_file import GGUFFile
+from qdbg.progress import Progress, report
 from qdbg.util import check_output, write_gguf_atomic
 
 _SKIP_KEYS = {"general.file_type", "general.quantization_version", "general.alignment"}
@@ -35,8 +36,12 @@ def _copy_metadata(src: GGUFFile, w: GGUFWriter) -> None:
             w.add_key_value(key, val, vt)
 
 
-def requantize(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftype: str) -> Path:
-    """Write `src_path` as `ftype` (e.g. "Q4_K_M") at `dst_path`; returns the path."""
+def requantize(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftype: str,
+               progress: Progress | None = None) -> Path:
+    """Write `src_path` as `ftype` (e.g. "Q4_K_M") at `dst_path`; returns the path.
+
+    `progress` (qdbg.progress) hears of each tensor before it is quantized.
+    """
     from qdbg.arch import config_from_metadata
     from qdbg.quant import dequantize, quantize
     from qdbg.quant.mixes import ftype_info, tensor_types
@@ -53,7 +58,8 @@ def requantize(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftype: 
         _copy_metadata(src, w)
         w.add_file_type(info.llama_ftype)
         w.add_quantization_version(2)
-        for name, t in src.tensors.items():
+        for i, (name, t) in enumerate(src.tensors.items()):
+            report(progress, f"{name} -> {types[name].name}", i, len(src.tensors))
             f32 = dequantize(src.raw(name), t.qtype, t.shape).astype(np.float32).reshape(t.shape)
             qt = types[name]
             if f32.ndim == 1 or qt.name == "F32":

@@ -26,6 +26,7 @@ from gguf import GGMLQuantizationType as Q, GGUFWriter, TokenType
 from qdbg.util import write_gguf_atomic
 from qdbg.errors import QdbgError, UnsupportedError
 from qdbg.quant.mixes import ftype_info, tensor_types
+from qdbg.progress import Progress, report
 
 __all__ = [
     "ARCHS", "SynthSpec", "tensor_shapes", "synth_weight", "synth_weights", "synth_vocab",
@@ -372,13 +373,15 @@ class SynthCache:
         return self.data[key]
 
 
-def write_gguf(spec: SynthSpec, path: str | os.PathLike, ftype: str, *, cache: SynthCache | None = None) -> Path:
+def write_gguf(spec: SynthSpec, path: str | os.PathLike, ftype: str, *, cache: SynthCache | None = None,
+               progress: Progress | None = None) -> Path:
     """Write `spec` as one GGUF file of type `ftype` at `path`, atomically.
 
     `ftype` is a key of `qdbg.quant.mixes.FTYPES` (or of LLAMA_MIXES: llama.cpp's non-pure legacy
     mixes such as "MOSTLY_Q4_0", whose output tensor is Q6_K).
     The file appears complete or not at all (written to a hidden temporary file in the same
     directory, then renamed). UnsupportedError if a tensor needs a type no quantizer provides.
+    `progress` (qdbg.progress) hears of each tensor before it is quantized.
     """
     ftype_info(ftype)  # validates the name early
     path = Path(path)
@@ -389,16 +392,30 @@ def write_gguf(spec: SynthSpec, path: str | os.PathLike, ftype: str, *, cache: S
     types = plan_types(spec, ftype)
     w = GGUFWriter(None, spec.arch)
     _add_metadata(w, spec, ftype)
-    for name in tensor_shapes(spec):
+    names = list(tensor_shapes(spec))
+    for i, name in enumerate(names):
         qtype = types[name]
+        report(progress, f"{ftype}: {name}", i, len(names))
         data = cache.get(name, qtype)
         w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
     return write_gguf_atomic(w, path)
 
 
-def write_family(spec: SynthSpec, out_dir: str | os.PathLike, ftypes: Iterable[str]) -> dict[str, Path]:
-    """Write `spec` in each of `ftypes` as out_dir/synth-{arch}-{ftype}.gguf; weights are generated once."""
+def write_family(spec: SynthSpec, out_dir: str | os.PathLike, ftypes: Iterable[str],
+                 progress: Progress | None = None) -> dict[str, Path]:
+    """Write `spec` in each of `ftypes` as out_dir/synth-{arch}-{ftype}.gguf; weights are generated once.
+
+    `progress` (qdbg.progress) counts tensors over all the files.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ftypes = list(ftypes)
+    report(progress, "generating weights", 0, None)
     cache = SynthCache(spec)
-    return {ft: write_gguf(spec, out / f"synth-{spec.arch}-{ft}.gguf", ft, cache=cache) for ft in ftypes}
+    n = len(tensor_shapes(spec))
+    files = {}
+    for k, ft in enumerate(ftypes):
+        step = None if progress is None else \
+            (lambda what, done, total, k=k: progress(what, k * n + done, len(ftypes) * n))
+        files[ft] = write_gguf(spec, out / f"synth-{spec.arch}-{ft}.gguf", ft, cache=cache, progress=step)
+    return files

@@ -43,7 +43,12 @@ def check_output(path: str | os.PathLike, *, text: bool = False) -> None:
     `text` says the output is text, for which '-' means standard output.
     """
     if not (text and str(path) == STDOUT):
-        _target(path)
+        where, _, in_place = _target(path)
+        parent = where.parent
+        if not in_place and not parent.is_dir():
+            raise UsageError(f"{path}: cannot write ({parent} is not a directory)")
+        if not in_place and not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{path}: cannot write ({parent}: permission denied)")
 
 
 def _target(path: str | os.PathLike) -> tuple[Path, os.stat_result | None, bool]:

@@ -122,7 +122,7 @@ def render_chat(template: str | None, messages: Sequence[Mapping[str, Any]], *, 
                 bos_token: str = "", eos_token: str = "", **extra: Any) -> str:
     """Render `template` with messages/add_generation_prompt/bos_token/eos_token (+ `extra` variables)."""
     if template is None:
-        raise TemplateError("the model file has no tokenizer.chat_template")
+        raise TemplateError("the model file has no tokenizer.chat_template; give one with --chat-template FILE")
     if not isinstance(template, str):
         raise TemplateError(f"chat template must be a string, not {type(template).__name__}")
     msgs = _plain(messages)
