@@ -503,9 +503,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     from qdbg.cli_progress import progress_bar
 
+    from qdbg.quant.overrides import parse_tensor_type, parse_tensor_type_file
+
     src = _existing_file(args.src)
+    overrides = []  # in command-line order, as llama-quantize collects them
+    for kind, value in args.tensor_types or []:
+        if kind == "file":
+            try:
+                overrides += parse_tensor_type_file(_existing_file(value).read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise UsageError(f"{value}: not UTF-8 text") from None
+        else:
+            overrides.append(parse_tensor_type(value))
     with progress_bar(f"quantize to {args.ftype}") as progress:
-        out = requantize(src, args.dst, args.ftype, progress=progress)
+        out = requantize(src, args.dst, args.ftype, progress=progress, overrides=overrides)
     print(f"{out}  {_fmt_bytes(out.stat().st_size)}")
     return 0
 
@@ -584,6 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("ftype", help="F16 Q8_0 Q6_K Q5_K Q4_K Q5_0 Q4_0 Q4_K_M Q5_K_M Q4_K_S Q5_K_S")
+    p.add_argument("--tensor-type", dest="tensor_types", action="append", metavar="PATTERN=TYPE",
+                   type=lambda v: ("arg", v), help="as llama-quantize: tensors whose name matches "
+                   "the regex PATTERN get TYPE (first match wins; repeatable)")
+    p.add_argument("--tensor-type-file", dest="tensor_types", action="append", metavar="FILE",
+                   type=lambda v: ("file", v), help="PATTERN=TYPE arguments separated by whitespace")
     p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("synth", help="write a family of small synthetic GGUF models")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from gguf import GGUFValueType, GGUFWriter
 
+from qdbg.errors import UsageError
 from qdbg.gguf_file import GGUFFile
 from qdbg.progress import Progress, report
 from qdbg.util import check_output, write_gguf_atomic
@@ -37,23 +39,29 @@ def _copy_metadata(src: GGUFFile, w: GGUFWriter) -> None:
 
 
 def requantize(src_path: str | os.PathLike, dst_path: str | os.PathLike, ftype: str,
-               progress: Progress | None = None) -> Path:
+               progress: Progress | None = None, overrides: Sequence = ()) -> Path:
     """Write `src_path` as `ftype` (e.g. "Q4_K_M") at `dst_path`; returns the path.
 
+    `overrides` are llama-quantize's `--tensor-type` rules (qdbg.quant.overrides.TensorTypeOverride,
+    in order); they need a quantized file type, as in llama.cpp (which ignores them otherwise).
     `progress` (qdbg.progress) hears of each tensor before it is quantized.
     """
     from qdbg.arch import config_from_metadata
     from qdbg.quant import dequantize, quantize
     from qdbg.quant.mixes import ftype_info, tensor_types
+    from gguf import GGMLQuantizationType as Q
 
     info = ftype_info(ftype)
+    if overrides and info.default in (Q.F32, Q.F16, Q.BF16):
+        raise UsageError(f"--tensor-type needs a quantized file type: llama.cpp ignores overrides "
+                         f"for {ftype}")
     dst = Path(dst_path)
     check_output(dst)  # before the work
     with GGUFFile(src_path) as src:
         shapes = {n: t.shape for n, t in src.tensors.items()}
         cfg = config_from_metadata(src.metadata, shapes, f"{Path(src_path).name}: ")
         types = tensor_types(shapes, ftype, cfg.n_layer, n_head=cfg.n_head, n_head_kv=cfg.n_head_kv,
-                             arch=cfg.arch)
+                             arch=cfg.arch, overrides=tuple(overrides))
         w = GGUFWriter(None, cfg.arch)
         _copy_metadata(src, w)
         w.add_file_type(info.llama_ftype)

@@ -8,6 +8,8 @@ to the file types qdbg can produce and to quantization WITHOUT an importance mat
   that type. "Q4_K_M", "Q5_K_M", "Q4_K_S", "Q5_K_S" follow llama.cpp's mix rules.
 - `tensor_type()` decides one tensor; `tensor_types()` decides a whole model, walking tensors in
   llama.cpp's order (its per-category counters, e.g. for attn_v, count in that order).
+- Both take llama-quantize's `--tensor-type` overrides (qdbg.quant.overrides): the first matching
+  pattern decides a quantizable tensor's type, skipping the mix rules and their counters.
 
 Layer counters: llama.cpp counts attn_v / ffn_down tensors as it meets them, in the loader's order
 (tensors outside blocks first, then by block number). For a dense model with one such tensor per
@@ -23,6 +25,7 @@ from typing import Mapping, Sequence
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 
 from qdbg.errors import UnsupportedError
+from qdbg.quant.overrides import TensorTypeOverride, match_override
 
 __all__ = [
     "FTYPES", "LLAMA_MIXES", "PURE_EXTRA", "FtypeInfo", "SUPPORTED_QTYPES", "ftype_info", "tensor_allows_quantization",
@@ -223,13 +226,17 @@ def _fallback(name: str, ncols: int, qtype: Q) -> Q:
 def tensor_type(name: str, shape: Sequence[int], ftype: str, n_layer: int, *,
                 n_head: int = 1, n_head_kv: int = 1, n_expert: int = 0, has_output: bool = True,
                 arch: str = "llama", i_attention_wv: int | None = None,
-                n_attention_wv: int | None = None, i_ffn_down: int | None = None) -> Q:
+                n_attention_wv: int | None = None, i_ffn_down: int | None = None,
+                overrides: Sequence[TensorTypeOverride] = ()) -> Q:
     """Type llama.cpp's quantizer gives tensor `name` (numpy `shape`, row length = shape[-1]).
 
     `ftype` is a name from `FTYPES`; `n_layer` the block count; `has_output` False when the model
     has no output.weight (tied embeddings: token_embd then gets the output tensor's rule).
     `i_attention_wv` / `i_ffn_down` / `n_attention_wv` are llama.cpp's running counters; they
     default to the block number in `name` and to `n_layer` (exact for dense models).
+    `overrides` are llama-quantize's `--tensor-type` rules: the first whose pattern is found in
+    `name` gives the type (only for quantizable tensors of a quantized file type), then the
+    row-length fallback applies as usual.
     Raises UnsupportedError when the result is a type qdbg cannot write.
     """
     info = ftype_info(ftype)
@@ -238,7 +245,10 @@ def tensor_type(name: str, shape: Sequence[int], ftype: str, n_layer: int, *,
     ncols = int(shape[-1])
     new = info.default
     if new not in (Q.F16, Q.BF16, Q.F32):  # ggml_is_quantized(default_type)
-        if not info.pure:
+        manual = match_override(name, overrides)
+        if manual is not None:
+            new = manual
+        elif not info.pure:
             cat = _category(name)
             layer = _layer_of(name)
             need_layer = ((cat == "ffn_down" and (i_ffn_down is None or n_expert > 1))
@@ -271,11 +281,13 @@ def llama_tensor_order(names: Sequence[str]) -> list[str]:
 
 def tensor_types(tensors: Mapping[str, Sequence[int]], ftype: str, n_layer: int, *,
                  n_head: int = 1, n_head_kv: int = 1, n_expert: int = 0,
-                 arch: str = "llama") -> dict[str, Q]:
+                 arch: str = "llama", overrides: Sequence[TensorTypeOverride] = ()) -> dict[str, Q]:
     """Types for a whole model {name: numpy shape}, counting attn_v/ffn_down like llama.cpp does.
 
     has_output is taken from the presence of "output.weight"; the attn_v counter runs over
     attn_v/attn_qkv/attn_kv_b tensors in `llama_tensor_order`, the ffn_down counter over ffn_down.
+    A tensor an override decides is not counted (llama.cpp counts inside its mix rules, which an
+    overridden tensor skips), so the tensors after it may get other types than without it.
     """
     names = llama_tensor_order(list(tensors))
     has_output = "output.weight" in tensors
@@ -286,8 +298,9 @@ def tensor_types(tensors: Mapping[str, Sequence[int]], ftype: str, n_layer: int,
         shape = tensors[n]
         out[n] = tensor_type(n, shape, ftype, n_layer, n_head=n_head, n_head_kv=n_head_kv,
                              n_expert=n_expert, has_output=has_output, arch=arch,
-                             i_attention_wv=i_wv, n_attention_wv=n_wv, i_ffn_down=i_down)
-        if tensor_allows_quantization(n, shape):
+                             i_attention_wv=i_wv, n_attention_wv=n_wv, i_ffn_down=i_down,
+                             overrides=overrides)
+        if tensor_allows_quantization(n, shape) and match_override(n, overrides) is None:
             cat = _category(n)
             i_wv += cat in ("attn_v", "attn_qkv", "attn_kv_b")
             i_down += cat == "ffn_down"
