@@ -119,8 +119,8 @@ def _add_numerics_args(p: argparse.ArgumentParser) -> None:
     from qdbg.numerics import DEFAULT_MODE, MODES
 
     p.add_argument("--mode", choices=tuple(MODES), default=DEFAULT_MODE,
-                   help="exact: llama.cpp's CPU arithmetic bit for bit (default); f32: the weights' "
-                        "error alone; ggml: llama.cpp's roundings with float64 sums (approximate)")
+                   help="exact: llama.cpp's CPU arithmetic bit for bit (default); f32: dequantized "
+                        "weights and float32 activations, the weights' error alone")
     p.add_argument("--ubatch", type=int, default=512, metavar="N",
                    help="micro-batch size: prompts run in passes of at most N tokens (llama.cpp's n_ubatch)")
     p.add_argument("--flash-attn", choices=("on", "off"), default="off",

@@ -1,6 +1,8 @@
-"""The two modes that do not reproduce a build: `f32` (dequantized weights, float32 activations)
-and `ggml` (llama.cpp's activation rounding with exact integer dot products summed in float64,
-about 1e-7 from llama.cpp per op; faster than `exact` only where the exact kernels are slow)."""
+"""The arithmetic that does not reproduce a build: `f32` (dequantized weights, float32
+activations: the weights' error alone) and `ggml` (llama.cpp's activation rounding with exact
+integer dot products summed in float64, about 1e-7 from llama.cpp per op). `ggml` is not a user
+mode any more (exact mode is faster); it is exact mode's fallback for weight types without an
+exact kernel."""
 
 from __future__ import annotations
 
