@@ -1,6 +1,7 @@
 """The three K-quant x Q8_K matmul kernels of the AVX2 build, in their exact float order.
 
-All three take a weight row unpacked by kq_unpack (codes, per-16 scales, mins) and the
+All three take a weight row unpacked by kq_unpack, turned into w16 = scale * code per element
+(int16, exact; the C kernels apply the scale to int16 pair sums, same integers), and the
 activation as Q8_K (q int8 [n_tok, n_in], d float32 [n_tok, nb], bsums int16 [n_tok, nb*16]).
 Integer sums are exact; only the float steps per 256-element block differ:
 
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdbg.numerics.kernels.kq_unpack import Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, stage_row, unpack_codes, unpack_scales
+from qdbg.numerics.kernels.kq_unpack import (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, stage_row, unpack_codes,
+                                              unpack_scales)
 from qdbg.numerics.kernels.nb import fma32, hsum8, jit
 
 VEC_DOT, TILED, REPACK = 0, 1, 2
 F32 = np.float32
+_REP4 = np.uint64(0x0001000100010001)
 
 
 @jit(inline="always")
@@ -42,8 +45,8 @@ def _i32(v):
 
 @jit(inline="always")
 def _chunks(w, q, b, c):
-    """c[j] = codes . q over the 4 elements 4j..4j+3 of block b (int32); chunk j lies in
-    16-element sub-block j // 4 and in AVX2 int32 lane j % 8."""
+    """c[j] = w . q over the 4 elements 4j..4j+3 of block b (int32); chunk j is in AVX2 int32
+    lane j % 8."""
     o = b * 256
     wb = w[o:o + 256]
     qb = q[o:o + 256]
@@ -54,24 +57,24 @@ def _chunks(w, q, b, c):
 
 
 @jit(inline="always")
-def _scaled(sc4, b, c, j0, n):
-    """sum of scale * chunk sum over chunks j0..j0+n-1 of block b."""
-    s4 = sc4[b, j0:j0 + n]
-    cb = c[j0:j0 + n]
+def _dot(w16, q, o, n):
+    """sum(w16[o:o+n] * q[o:o+n]) in int32 (w16 = scale * code)."""
+    wb = w16[o:o + n]
+    qb = q[o:o + n]
     t = np.int32(0)
-    for j in range(n):
-        t = _i32(t + _i32(s4[j] * cb[j]))
+    for i in range(n):
+        t = _i32(t + _i32(np.int32(wb[i]) * np.int32(qb[i])))
     return t
 
 
 @jit
-def _vec_dot(qt, w, sc, sc4, mn, xd, xdm, q, yd, bs, nb, c, acc, accm):
+def _vec_dot(qt, w16, sc, mn, xd, xdm, q, yd, bs, nb, c, acc, accm):
     for k in range(8):
         acc[k] = F32(0.0)
         accm[k] = F32(0.0)
     summs = F32(0.0)
     for b in range(nb):
-        _chunks(w, q, b, c)
+        _chunks(w16, q, b, c)
         dd = yd[b] * xd[b]
         dmn = -yd[b] * xdm[b]
         bo = b * 16
@@ -92,7 +95,7 @@ def _vec_dot(qt, w, sc, sc4, mn, xd, xdm, q, yd, bs, nb, c, acc, accm):
         for k in range(8):
             lk = np.int32(0)
             for g in range(8):
-                lk = _i32(lk + sc4[b, 8 * g + k] * c[8 * g + k])
+                lk = _i32(lk + c[8 * g + k])
             if qt == Q6_K:
                 lk = lk - 32 * (sc[b, 2 * k] * np.int32(bs[bo + 2 * k]) + sc[b, 2 * k + 1] * np.int32(bs[bo + 2 * k + 1]))
             acc[k] = fma32(dd, F32(lk), acc[k])
@@ -122,11 +125,10 @@ def _min_sum(qt, sc, mn, bs, b):
 
 
 @jit
-def _tiled(qt, w, sc, sc4, mn, xd, xdm, q, yd, bs, nb, c):
+def _tiled(qt, w16, sc, mn, xd, xdm, q, yd, bs, nb):
     y = F32(0.0)
     for b in range(nb):
-        _chunks(w, q, b, c)
-        s1 = _scaled(sc4, b, c, 0, 64)
+        s1 = _dot(w16, q, b * 256, 256)
         s2 = _min_sum(qt, sc, mn, bs, b)
         if qt == Q6_K:
             v = xd[b] * F32(s1 - s2)
@@ -139,7 +141,7 @@ def _tiled(qt, w, sc, sc4, mn, xd, xdm, q, yd, bs, nb, c):
 
 
 @jit
-def _repack(w, sc4, mn, xd, xdm, q, yd, bs, nb, c, gemm):
+def _repack(w16, mn, xd, xdm, q, yd, bs, nb, gemm):
     """Q4_K 8x8 repack: gemm adds to the float accumulators per 64 elements, gemv per block."""
     a = F32(0.0)
     am = F32(0.0)
@@ -148,9 +150,8 @@ def _repack(w, sc4, mn, xd, xdm, q, yd, bs, nb, c, gemm):
         dm = xdm[b] * yd[b]
         s1 = 0
         s2 = 0
-        _chunks(w, q, b, c)
         for j in range(4):                  # two 32-element sub-blocks per step
-            i1 = _scaled(sc4, b, c, 16 * j, 16)
+            i1 = _dot(w16, q, b * 256 + 64 * j, 64)
             bo = b * 16 + 4 * j
             i2 = (mn[b, 2 * j] * (np.int32(bs[bo]) + np.int32(bs[bo + 1]))
                   + mn[b, 2 * j + 1] * (np.int32(bs[bo + 2]) + np.int32(bs[bo + 3])))
@@ -174,11 +175,14 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
     nb = n_in // 256
     w = np.empty(n_in, np.int8)
     sc = np.empty((nb, 16), np.int32)
+    scf = sc.reshape(nb * 16)
     mn = np.empty((nb, 16), np.int32)
     xd = np.empty(nb, F32)
     xdm = np.empty(nb, F32)
     c = np.empty(64, np.int32)
-    sc4 = np.empty((nb, 64), np.int32)
+    w16 = np.empty(n_in, np.int16)
+    sce = np.empty(n_in, np.int16)
+    sce64 = sce.view(np.uint64)
     acc = np.empty(8, F32)
     accm = np.empty(8, F32)
     rb = np.empty(w_raw.shape[1], np.int32)
@@ -193,13 +197,16 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
         unpack_scales(rb, qt, nb, sc, mn, xd, xdm)
         stage_row(wr, qt, nb, st)
         unpack_codes(st64, qt, nb, w64)
-        for b in range(nb):
-            for j in range(64):
-                sc4[b, j] = sc[b, j >> 2]
+        for j in range(nb * 16):            # each sub-block's scale in 16 int16 lanes (4 words)
+            v = np.uint64(scf[j] & 0xFFFF) * _REP4
+            for u in range(4):
+                sce64[4 * j + u] = v
+        for e in range(n_in):               # scale * code: a block's sums are plain dots
+            w16[e] = sce[e] * w[e]
         for t in range(n_tok):
             if path == VEC_DOT:
-                out[t, r] = _vec_dot(qt, w, sc, sc4, mn, xd, xdm, q[t], yd[t], bs[t], nb, c, acc, accm)
+                out[t, r] = _vec_dot(qt, w16, sc, mn, xd, xdm, q[t], yd[t], bs[t], nb, c, acc, accm)
             elif path == TILED:
-                out[t, r] = _tiled(qt, w, sc, sc4, mn, xd, xdm, q[t], yd[t], bs[t], nb, c)
+                out[t, r] = _tiled(qt, w16, sc, mn, xd, xdm, q[t], yd[t], bs[t], nb)
             else:
-                out[t, r] = _repack(w, sc4, mn, xd, xdm, q[t], yd[t], bs[t], nb, c, t < n_gemm)
+                out[t, r] = _repack(w16, mn, xd, xdm, q[t], yd[t], bs[t], nb, t < n_gemm)
