@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PAIRS: dict[str, SynthSpec] = {
     "smollm2": SynthSpec(arch="llama", n_vocab=49152, n_embd=576, n_layer=30, n_head=9, n_head_kv=3,
                          head_dim=64, n_ff=1536, n_ctx=2048, seed=1),
+    # the same width twice as deep: peak RSS must not grow with the depth
+    "smollm2_deep": SynthSpec(arch="llama", n_vocab=49152, n_embd=576, n_layer=60, n_head=9, n_head_kv=3,
+                              head_dim=64, n_ff=1536, n_ctx=2048, seed=1),
     "tinyllama": SynthSpec(arch="llama", n_vocab=32000, n_embd=2048, n_layer=22, n_head=32, n_head_kv=4,
                            head_dim=64, n_ff=5632, n_ctx=2048, seed=2),
 }

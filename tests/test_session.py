@@ -61,7 +61,13 @@ def test_run_to_end_and_final(sess, trio):
     assert st.reason == "end" and sess.current.name == "result_output" and sess.at_end
     assert len(sess.history) == n_ops(trio["A"].config)
     f = sess.final()
-    assert f["n_pos"] == 1 and isinstance(f["positions"][0]["top1_agree"], bool)
+    # the verdict is the two models' own argmax at the last position (run alone, outside the session)
+    top_a, top_b = (int(Engine(trio[lab]).logits(TOKENS)[-1].argmax()) for lab in ("A", "B"))
+    p = f["positions"][0]
+    assert f["n_pos"] == 1 and p["pos"] == len(TOKENS) - 1
+    assert (p["a"]["top"][0]["id"], p["b"]["top"][0]["id"]) == (top_a, top_b)
+    assert p["top1_agree"] is (top_a == top_b) and p["flip"] is (top_a != top_b)
+    assert f["flip_positions"] == ([] if top_a == top_b else [len(TOKENS) - 1])
     assert sess.step().reason == "end"
 
 
