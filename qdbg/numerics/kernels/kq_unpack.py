@@ -1,7 +1,8 @@
 """Row unpackers for K-quant weights (GGUF bytes -> integer weights, scales, mins, d, dmin).
 
 Every K-quant matmul kernel of the reference build multiplies integer codes exactly, scales the
-integer sums per sub-block, and only then goes to float, so a weight row is unpacked once into:
+integer sums per sub-block, and only then goes to float, so a weight row is unpacked once into
+(unpack_scales on the row's bytes; stage_row + unpack_codes for the codes, 8 per 64-bit op):
 
     w   int8 [n_in]       the code of each element
     sc  int32 [nb, 16]    scale of each 16-element sub-block (Q4_K/Q5_K: a 32-block's scale twice)
