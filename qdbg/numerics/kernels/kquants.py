@@ -9,7 +9,8 @@ f32 activations [n_tok, n_in] on the AVX2+FMA build (no AVX-512, llamafile on, C
    quantize_row_q8_K + ggml_gemv_q4_K_8x8_q8_K. gemm adds to its float accumulators per 64
    elements, gemv per 256, so a row's bits depend on which of the two it went through. (The
    4x8 quantizer can flip the sign of a block's q and d together, which changes no product.)
-2. n_tok >= 8 (ggml_tiled_min_batch): the tiled K-quant matmul (tiled/), all five types.
+2. n_tok >= 8 (ggml_tiled_min_batch): the tiled K-quant matmul (tiled/), all five types
+   (as shipped: the env switches GGML_CPU_TILED_MM=0 / GGML_CPU_TILED_MM_FORCE=1 are unset).
 3. otherwise llamafile_sgemm declines K-quants, so x goes to Q8_K (quantize_row_q8_K) and
    each output is one ggml_vec_dot_qN_K_q8_K.
 
