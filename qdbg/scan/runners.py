@@ -13,6 +13,7 @@ and stops the workers it started.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Iterator, Sequence
@@ -22,6 +23,9 @@ from qdbg.scan.prompts import PromptItem
 from qdbg.scan.work import PromptResult, ScanConfig, context_for, scan_prompt
 
 DASK_TIMEOUT = "10s"
+# one worker per core: each worker's BLAS (NumPy's norms and dots in qdbg.metrics) runs one thread;
+# several BLAS threads per worker on shared cores spin and wait (measured: a scan 8x slower)
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run_inline(config: ScanConfig, items: Sequence[PromptItem]) -> Iterator[PromptResult]:
@@ -42,8 +46,17 @@ def run_processes(config: ScanConfig, items: Sequence[PromptItem], workers: int)
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=_init_worker, initargs=(config,))
     finished = False
+    saved = {k: os.environ.get(k) for k in WORKER_ENV}
     try:
-        pending = {ex.submit(scan_prompt, config, it) for it in items}
+        os.environ.update(WORKER_ENV)  # the spawned workers inherit it (they start on submit)
+        try:
+            pending = {ex.submit(scan_prompt, config, it) for it in items}
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         while pending:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             for f in done:
