@@ -14,7 +14,21 @@ from qdbg.engine.weights import Weight
 from qdbg.numerics.base import Numerics
 
 
-class F32Numerics(Numerics):
+class _Float64Sums(Numerics):
+    """Matrix and attention products as float64 sums over (rounded) operands; `name` is the
+    qdbg.engine.matmul mode that says which roundings apply."""
+
+    def matmul(self, x: np.ndarray, w: Weight) -> np.ndarray:
+        return mm.matmul(x, w, self.name)
+
+    def attn_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return mm.attn_scores(q, k, self.name)
+
+    def attn_values(self, p: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return mm.attn_values(p, v, self.name)
+
+
+class F32Numerics(_Float64Sums):
     """The error of the weights alone: float32 activations, float64 dot products, no F16 cache."""
 
     name = "f32"
@@ -23,20 +37,11 @@ class F32Numerics(Numerics):
     def describe(self) -> str:
         return "f32: dequantized weights, float32 activations (the weights' error alone)"
 
-    def matmul(self, x: np.ndarray, w: Weight) -> np.ndarray:
-        return mm.matmul(x, w, "f32")
-
-    def attn_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        return mm.attn_scores(q, k, "f32")
-
-    def attn_values(self, p: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return mm.attn_values(p, v, "f32")
-
     def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return ops.geglu(gate, up, exact_f32=True)
 
 
-class GgmlNumerics(Numerics):
+class GgmlNumerics(_Float64Sums):
     """llama.cpp's roundings (8-bit activations, F16 cache and attention operands, GELU table)
     with exact integer dot products summed in float64: close to a llama.cpp build, not equal."""
 
@@ -44,12 +49,3 @@ class GgmlNumerics(Numerics):
 
     def describe(self) -> str:
         return "ggml: llama.cpp's roundings, float64 sums (approximate: ~1e-7 per op)"
-
-    def matmul(self, x: np.ndarray, w: Weight) -> np.ndarray:
-        return mm.matmul(x, w, "ggml")
-
-    def attn_scores(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        return mm.attn_scores(q, k, "ggml")
-
-    def attn_values(self, p: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return mm.attn_values(p, v, "ggml")
