@@ -613,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from qdbg.cli_scan import add_scan_parser
     add_scan_parser(sub)
+    from qdbg.cli_bisect import add_bisect_parser
+    add_bisect_parser(sub)
     return ap
 
 
