@@ -11,6 +11,7 @@ import argparse
 import csv
 import os
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
@@ -144,10 +145,12 @@ class _progress:
         self.bar.__enter__()
         task = self.bar.add_task("scan", total=self.total, rate="")
 
+        t0 = time.monotonic()
+
         def advance(res: PromptResult) -> None:
             self.bar.advance(task)
-            speed = self.bar.tasks[0].speed
-            self.bar.update(task, rate=f"{speed:.2f} prompts/s" if speed else "")
+            done = self.bar.tasks[0].completed
+            self.bar.update(task, rate=f"{done / max(time.monotonic() - t0, 1e-9):.2f} prompts/s")
 
         return advance
 
@@ -170,7 +173,7 @@ def _first_flip(r: PromptResult) -> str:
         return "-"
     m = r.margins[0]
     noise = "" if "within_noise" not in m else (" ~noise" if m["within_noise"] else "")
-    return f"@{m['pos']} ({_fmt(m['a'], '.3f')}/{_fmt(m['b'], '.3f')}){noise}"
+    return f"@{m['pos']} {_fmt(m['a'], '.3f')}/{_fmt(m['b'], '.3f')}{noise}"
 
 
 def _print_table(ranked: list[PromptResult], summary: dict, rows: int) -> None:
@@ -179,20 +182,31 @@ def _print_table(ranked: list[PromptResult], summary: dict, rows: int) -> None:
 
     piped = not sys.stdout.isatty()
     con = Console(width=1 << 16, soft_wrap=True, no_color=True, highlight=False) if piped else Console()
-    t = Table("#", "line", "prompt", "tok", "flips", "first flip (margin A/B)", "KL mean", "KL max",
-              "top-k ovl", "first op > 5%", "R closer", "noise", box=None, pad_edge=False)
+    headers = ("#", "line", "prompt", "tok", "flips", "1st flip: margins A/B", "KL mean", "KL max",
+               "ovl", "first > 5%", "R", "noise")
+    cells, errors = [], []
     for i, r in enumerate(ranked[:max(rows, 0)], 1):
         if r.error is not None:
-            t.add_row(str(i), str(r.line), _short(r.text), str(r.n_tokens or "-"), "-", f"error: {r.error}",
-                      *["-"] * 6)
+            cells.append((str(i), str(r.line), _short(r.text, 28), str(r.n_tokens or "-"), "-", "error", *["-"] * 6))
+            errors.append(f"line {r.line}: {r.error}")
             continue
         noise = "-" if r.n_within_noise is None else f"{r.n_within_noise}/{len(r.flips)}"
-        t.add_row(str(i), str(r.line), _short(r.text), str(r.n_tokens + r.n_gen), str(len(r.flips)),
-                  _first_flip(r), _fmt(r.kl_ab_mean), _fmt(r.kl_ab_max), _fmt(r.overlap, ".2f"),
-                  r.first_op_over or "-", r.ref_closer or "-", noise)
+        cells.append((str(i), str(r.line), _short(r.text, 28), str(r.n_tokens + r.n_gen), str(len(r.flips)),
+                      _first_flip(r), _fmt(r.kl_ab_mean), _fmt(r.kl_ab_max), _fmt(r.overlap, ".2f"),
+                      r.first_op_over or "-", r.ref_closer or "-", noise))
+    t = Table(*headers, box=None, pad_edge=False)
+    # one line per prompt: only the prompt gives way (…) on a narrow terminal, numbers stay whole
+    for j, c in enumerate(t.columns):
+        c.no_wrap = True
+        c.min_width = max([len(headers[j])] + [len(row[j]) for row in cells])
+    t.columns[2].overflow, t.columns[2].min_width = "ellipsis", 8
+    for row in cells:
+        t.add_row(*row)
     con.print(t)
+    for e in errors:
+        con.print(e, highlight=False)
     if len(ranked) > rows:
-        con.print(f"({len(ranked) - rows} more prompts: --rows N, --json or --csv for all)")
+        con.print(f"({len(ranked) - rows} more prompts: --rows N, --json or --csv for all)", highlight=False)
     for line in summary_lines(summary):
         con.print(line, highlight=False)
 
