@@ -123,32 +123,12 @@ class SynthSpec:
 
 def tensor_shapes(spec: SynthSpec) -> dict[str, tuple[int, ...]]:
     """{GGUF tensor name: numpy shape} in file order; shape is (rows, row length) for matrices."""
-    e, hd, ff, V = spec.n_embd, spec.head_dim, spec.n_ff, spec.n_vocab
-    q, kv = spec.n_head * hd, spec.n_head_kv * hd
-    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (V, e)}
-    for i in range(spec.n_layer):  # type: ignore[arg-type]
-        b = f"blk.{i}."
-        shapes[b + "attn_norm.weight"] = (e,)
-        for t, rows in (("q", q), ("k", kv), ("v", kv)):
-            shapes[b + f"attn_{t}.weight"] = (rows, e)
-            if spec.arch == "qwen2":
-                shapes[b + f"attn_{t}.bias"] = (rows,)
-        if spec.arch in ("qwen3", "gemma3"):
-            shapes[b + "attn_q_norm.weight"] = (hd,)
-            shapes[b + "attn_k_norm.weight"] = (hd,)
-        shapes[b + "attn_output.weight"] = (e, q)
-        if spec.arch == "gemma3":
-            shapes[b + "post_attention_norm.weight"] = (e,)
-        shapes[b + "ffn_norm.weight"] = (e,)
-        shapes[b + "ffn_gate.weight"] = (ff, e)
-        shapes[b + "ffn_up.weight"] = (ff, e)
-        shapes[b + "ffn_down.weight"] = (e, ff)
-        if spec.arch == "gemma3":
-            shapes[b + "post_ffw_norm.weight"] = (e,)
-    shapes["output_norm.weight"] = (e,)
-    if not spec.tie_embeddings:
-        shapes["output.weight"] = (V, e)
-    return shapes
+    from qdbg.arch import features
+    from qdbg.arch._common import tensor_table
+
+    return tensor_table(n_vocab=spec.n_vocab, n_embd=spec.n_embd, n_layer=int(spec.n_layer),  # type: ignore[arg-type]
+                        n_head=spec.n_head, n_head_kv=spec.n_head_kv, head_dim=spec.head_dim,
+                        n_ff=spec.n_ff, tied=bool(spec.tie_embeddings), **features(spec.arch))
 
 
 def synth_weight(spec: SynthSpec, name: str, shape: tuple[int, ...]) -> np.ndarray:

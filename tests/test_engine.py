@@ -193,7 +193,7 @@ def test_unknown_architecture_and_bad_shapes(tmp_path):
     w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
     w.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    with pytest.raises(GGUFError, match="missing tensor 'output_norm.weight'"):
+    with pytest.raises(GGUFError, match="missing tensor 'blk.0.attn_norm.weight'"):
         Model(p2)
 
 

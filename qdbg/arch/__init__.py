@@ -17,6 +17,7 @@ from qdbg.errors import GGUFError, UnsupportedError
 ConfigFn = Callable[[Mapping[str, Any], Mapping[str, tuple[int, ...]], str], ModelConfig]
 
 _REGISTRY: dict[str, ConfigFn] = {}
+_FEATURES: dict[str, dict[str, bool]] = {}
 
 
 def _discover() -> None:
@@ -29,11 +30,20 @@ def _discover() -> None:
         arch = getattr(mod, "ARCH", None)
         if arch:
             _REGISTRY[arch] = mod.config
+            _FEATURES[arch] = dict(getattr(mod, "FEATURES", {}))
 
 
 def supported() -> list[str]:
     _discover()
     return sorted(_REGISTRY)
+
+
+def features(arch: str) -> dict[str, bool]:
+    """The optional block tensors an architecture has (qkv_bias, qk_norm, post_norms)."""
+    _discover()
+    if arch not in _FEATURES:
+        raise UnsupportedError(f"unsupported architecture '{arch}' (supported: {', '.join(supported())})")
+    return dict(_FEATURES[arch])
 
 
 def config_from_metadata(
@@ -52,4 +62,4 @@ def config_from_metadata(
     return fn(md, tensors, where)
 
 
-__all__ = ["ModelConfig", "config_from_metadata", "supported"]
+__all__ = ["ModelConfig", "config_from_metadata", "features", "supported"]

@@ -60,35 +60,49 @@ def base_fields(
     )
 
 
+def tensor_table(*, n_vocab: int, n_embd: int, n_layer: int, n_head: int, n_head_kv: int,
+                 head_dim: int, n_ff: int, qkv_bias: bool = False, qk_norm: bool = False,
+                 post_norms: bool = False, tied: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a decoder of this shape, {GGUF name: numpy shape}, in llama.cpp's file order.
+
+    The one tensor table: the shape checks of every architecture and qdbg.synth's files use it.
+    Matrices are (rows, row length), i.e. [n_out, n_in].
+    """
+    e, hd, ff = n_embd, head_dim, n_ff
+    q, kv = n_head * hd, n_head_kv * hd
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_vocab, e)}
+    for il in range(n_layer):
+        b = f"blk.{il}."
+        shapes[b + "attn_norm.weight"] = (e,)
+        for t, rows in (("q", q), ("k", kv), ("v", kv)):
+            shapes[b + f"attn_{t}.weight"] = (rows, e)
+            if qkv_bias:
+                shapes[b + f"attn_{t}.bias"] = (rows,)
+        if qk_norm:
+            shapes[b + "attn_q_norm.weight"] = (hd,)
+            shapes[b + "attn_k_norm.weight"] = (hd,)
+        shapes[b + "attn_output.weight"] = (e, q)
+        if post_norms:
+            shapes[b + "post_attention_norm.weight"] = (e,)
+        shapes[b + "ffn_norm.weight"] = (e,)
+        shapes[b + "ffn_gate.weight"] = (ff, e)
+        shapes[b + "ffn_up.weight"] = (ff, e)
+        shapes[b + "ffn_down.weight"] = (e, ff)
+        if post_norms:
+            shapes[b + "post_ffw_norm.weight"] = (e,)
+    shapes["output_norm.weight"] = (e,)
+    if not tied:
+        shapes["output.weight"] = (n_vocab, e)
+    return shapes
+
+
 def check_tensors(cfg: ModelConfig, tensors: Mapping[str, tuple[int, ...]], where: str) -> ModelConfig:
     """Fail early, naming the tensor, if a block weight is missing or has the wrong shape."""
-    e, hd = cfg.n_embd, cfg.head_dim
-    want: dict[str, tuple[int, ...]] = {"output_norm.weight": (e,)}
-    if not cfg.tied_embeddings:
-        want["output.weight"] = (cfg.n_vocab, e)
-    for il in range(cfg.n_layer):
-        b = f"blk.{il}."
-        want.update({
-            b + "attn_norm.weight": (e,),
-            b + "attn_q.weight": (cfg.n_head * hd, e),
-            b + "attn_k.weight": (cfg.n_head_kv * hd, e),
-            b + "attn_v.weight": (cfg.n_head_kv * hd, e),
-            b + "attn_output.weight": (e, cfg.n_head * hd),
-            b + "ffn_norm.weight": (e,),
-            b + "ffn_gate.weight": (cfg.n_ff, e),
-            b + "ffn_up.weight": (cfg.n_ff, e),
-            b + "ffn_down.weight": (e, cfg.n_ff),
-        })
-        if cfg.qkv_bias:
-            want[b + "attn_q.bias"] = (cfg.n_head * hd,)
-            want[b + "attn_k.bias"] = (cfg.n_head_kv * hd,)
-            want[b + "attn_v.bias"] = (cfg.n_head_kv * hd,)
-        if cfg.qk_norm:
-            want[b + "attn_q_norm.weight"] = (hd,)
-            want[b + "attn_k_norm.weight"] = (hd,)
-        if cfg.post_norms:
-            want[b + "post_attention_norm.weight"] = (e,)
-            want[b + "post_ffw_norm.weight"] = (e,)
+    want = tensor_table(n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                        n_head_kv=cfg.n_head_kv, head_dim=cfg.head_dim, n_ff=cfg.n_ff,
+                        qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, post_norms=cfg.post_norms,
+                        tied=cfg.tied_embeddings)
+    del want["token_embd.weight"]  # base_fields checked it (and took n_vocab from it)
     for name, shape in want.items():
         got = tensors.get(name)
         if got is None:

@@ -12,6 +12,7 @@ from qdbg.arch._common import base_fields, check_tensors
 from qdbg.arch.config import ROPE_NEOX, ModelConfig, md_float, md_int, swa_pattern
 
 ARCH = "gemma3"
+FEATURES = {"qk_norm": True, "post_norms": True}  # the block's extra tensors (tensor_table)
 
 
 def config(md: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]], where: str = "") -> ModelConfig:
@@ -32,8 +33,7 @@ def config(md: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]], where:
         rope_type=ROPE_NEOX,
         kq_scale=1.0,
         q_scale=1.0 / math.sqrt(q_dim),
-        qk_norm=True,
-        post_norms=True,
+        **FEATURES,
         ffn_act="gelu",
         embd_scale=math.sqrt(f["n_embd"]),
         final_logit_softcap=softcap,

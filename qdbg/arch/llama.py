@@ -8,6 +8,7 @@ from qdbg.arch._common import base_fields, check_tensors
 from qdbg.arch.config import ROPE_NORM, ModelConfig, md_float
 
 ARCH = "llama"
+FEATURES: dict[str, bool] = {}  # the block's extra tensors (qdbg.arch._common.tensor_table)
 
 
 def config(md: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]], where: str = "") -> ModelConfig:

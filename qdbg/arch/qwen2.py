@@ -8,8 +8,9 @@ from qdbg.arch._common import base_fields, check_tensors
 from qdbg.arch.config import ROPE_NEOX, ModelConfig
 
 ARCH = "qwen2"
+FEATURES = {"qkv_bias": True}  # the block's extra tensors (qdbg.arch._common.tensor_table)
 
 
 def config(md: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]], where: str = "") -> ModelConfig:
-    cfg = ModelConfig(**base_fields(ARCH, md, tensors, where), rope_type=ROPE_NEOX, qkv_bias=True)
+    cfg = ModelConfig(**base_fields(ARCH, md, tensors, where), rope_type=ROPE_NEOX, **FEATURES)
     return check_tensors(cfg, tensors, where)
