@@ -1,5 +1,8 @@
 """Breakpoints: per-session objects in the spirit of CPython's bdb (cond, enabled, temporary, hits,
 ignore_count), holding conditions written in the language of qdbg.expr.
+
+A breakpoint fires on the edge by default: where its condition is true and was false at the op
+before (the caller passes that op's variables); `every=True` fires at every op where it holds.
 """
 
 from __future__ import annotations
@@ -32,15 +35,17 @@ class Breakpoint:
     temporary: bool = False
     hits: int = 0
     ignore_count: int = 0
+    every: bool = False
 
     def __str__(self) -> str:
-        flags = ("" if self.enabled else " [disabled]") + (" [temporary]" if self.temporary else "")
+        flags = ("" if self.enabled else " [disabled]") + (" [temporary]" if self.temporary else "") \
+            + (" [every op]" if self.every else "")
         ign = f" ignore={self.ignore_count}" if self.ignore_count else ""
         return f"#{self.id} {unparse(self.cond)}{flags} hits={self.hits}{ign}"
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "expr": self.expr, "enabled": self.enabled,
-                "temporary": self.temporary, "hits": self.hits, "ignore_count": self.ignore_count}
+                "temporary": self.temporary, "hits": self.hits, "ignore_count": self.ignore_count, "every": self.every}
 
 
 class BreakpointList:
@@ -60,10 +65,11 @@ class BreakpointList:
         return bp_id in self._bps
 
     def add(self, expr: str, temporary: bool = False, *, enabled: bool = True,
-            ignore_count: int = 0) -> Breakpoint:
-        """Parse `expr` (ExpressionError if malformed) and add it as a new breakpoint."""
+            ignore_count: int = 0, every: bool = False) -> Breakpoint:
+        """Parse `expr` (ExpressionError if malformed) and add it as a new breakpoint; `every`:
+        fire at every op where it holds, not only where it becomes true."""
         bp = Breakpoint(self._next, expr, parse(expr), enabled=enabled, temporary=temporary,
-                        ignore_count=max(0, int(ignore_count)))
+                        ignore_count=max(0, int(ignore_count)), every=bool(every))
         self._bps[bp.id] = bp
         self._next += 1
         return bp
@@ -100,15 +106,19 @@ class BreakpointList:
         """Let the next `count` true conditions pass without firing."""
         self.get(bp_id).ignore_count = max(0, int(count))
 
-    def check(self, variables: Mapping[str, Any]) -> list[Breakpoint]:
+    def check(self, variables: Mapping[str, Any], before: Mapping[str, Any] | None = None) -> list[Breakpoint]:
         """Evaluate enabled breakpoints against `variables`; return those that fire, by id.
 
-        A true condition counts a hit; if ignore_count > 0 it is decremented and the breakpoint
-        does not fire. Temporary breakpoints are removed once they fire.
+        `before` are the variables of the op before (None at the start of a pass): a breakpoint
+        without `every` whose condition held there too does not fire (edge, not level). A firing
+        condition counts a hit; if ignore_count > 0 it is decremented and the breakpoint does not
+        fire. Temporary breakpoints are removed once they fire.
         """
         fired = []
         for bp in list(self._bps.values()):
             if not bp.enabled or not evaluate(bp.cond, variables):
+                continue
+            if not bp.every and before is not None and evaluate(bp.cond, before):
                 continue
             bp.hits += 1
             if bp.ignore_count > 0:
@@ -143,8 +153,11 @@ class BreakpointList:
                 cond = parse(d["expr"])
             except ExpressionError as e:
                 raise TraceError(f"breakpoints: breakpoint {d['id']}: {e}") from None
+            every = d.get("every", False)  # version-1 traces lack it
+            if not isinstance(every, bool):
+                raise TraceError(f"breakpoints: 'every' is not a boolean in {str(d)[:80]!r}")
             out._bps[d["id"]] = Breakpoint(d["id"], d["expr"], cond, d["enabled"], d["temporary"],
-                                           d["hits"], d["ignore_count"])
+                                           d["hits"], d["ignore_count"], every)
         nxt = data.get("next_id", 1)
         if not isinstance(nxt, int) or isinstance(nxt, bool):
             raise TraceError(f"breakpoints: next_id {nxt!r} is not an int")

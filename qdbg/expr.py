@@ -33,31 +33,24 @@ from typing import Any, Mapping, Union
 from qdbg.errors import ExpressionError, QdbgError
 
 NUM, STR, BOOL = "number", "string", "bool"
-VARIABLES: dict[str, tuple[str, str]] = {
-    "rel_rms": (NUM, "||a-b|| / ||b||"),
-    "sqnr": (NUM, "10*log10(||b||^2 / ||a-b||^2) dB, inf when identical"),
-    "cos": (NUM, "cosine similarity a.b / (||a|| ||b||)"),
-    "max_abs": (NUM, "max |a-b|"),
-    "mean_abs": (NUM, "mean |a-b|"),
-    "max_rel": (NUM, "max |a-b| / (|b| + rms(b))"),
-    "sign_flips": (NUM, "count of sign(a) != sign(b), zeros ignored"),
-    "amp": (NUM, "rel_rms / rel_rms of the op's inputs"),
-    "nan": (BOOL, "any NaN or Inf on either side"),
-    "inf": (BOOL, "any +-Inf on either side"),
-    "op": (STR, "op name, e.g. ffn_up-5"),
-    "kind": (STR, "op kind"),
-    "layer": (NUM, "layer index (absent outside layers)"),
-    "token": (NUM, "token position"),
-    "flip": (BOOL, "top-1 token differs (logits only)"),
-    "top1_agree": (BOOL, "top-1 token agrees (logits only)"),
-    "kl_ab": (NUM, "KL(A||B) in nats (logits only)"),
-    "kl_ba": (NUM, "KL(B||A) in nats (logits only)"),
-    "js": (NUM, "Jensen-Shannon divergence in nats (logits only)"),
-    "topk_overlap": (NUM, "|topk(A) & topk(B)| / k (logits only)"),
-    "rank": (NUM, "1-based rank in B of A's top-1 (logits only)"),
-    "margin_a": (NUM, "A's top-1 minus top-2 logit (logits only)"),
-    "margin_b": (NUM, "B's top-1 minus top-2 logit (logits only)"),
-}
+def _variables() -> dict[str, tuple[str, str]]:
+    """Every breakpoint variable, its type and meaning; the metric ones come from the fields
+    declared in qdbg.records (one place), the rest describe the op."""
+    from qdbg.records import LogitsPosition, PairMetrics
+
+    v: dict[str, tuple[str, str]] = {name: (NUM, doc) for name, (_, doc) in PairMetrics.variables().items()}
+    v["nan"] = (BOOL, "any NaN or Inf on either side")
+    v["inf"] = (BOOL, "any +-Inf on either side")
+    v.update(op=(STR, "op name, e.g. ffn_up-5"), kind=(STR, "op kind"),
+             weight=(STR, "GGUF tensor the op reads, e.g. blk.5.ffn_up.weight (absent if none)"),
+             layer=(NUM, "layer index (absent outside layers)"), token=(NUM, "token position"))
+    for name, (f, doc) in LogitsPosition.variables().items():
+        v[name] = (BOOL if f in ("flip", "top1_agree") else NUM, doc)
+    v.update({name: (NUM, doc) for name, (_, doc) in LogitsPosition.SIDE_VARIABLES.items()})
+    return v
+
+
+VARIABLES: dict[str, tuple[str, str]] = _variables()
 ALIASES = {"kl": "kl_ab", "pos": "token", "overlap": "topk_overlap"}
 MAX_DEPTH = 50  # nesting of '(' and 'not'
 _CMP = ("<", "<=", ">", ">=", "==", "!=", "~")
@@ -387,25 +380,43 @@ def evaluate(node: Node, variables: Mapping[str, Any]) -> bool:
 
 def variables_from(*, op: str | None = None, kind: str | None = None, layer: int | None = None,
                    token: int | None = None, pair: Mapping[str, Any] | None = None,
-                   logits: Mapping[str, Any] | None = None, pos: int = -1) -> dict[str, Any]:
-    """Variables dict from an op's identity, its metrics.pair_metrics result and, at the logits,
-    a metrics.logits_compare result (position `pos`, default the last) or one of its positions."""
-    v: dict[str, Any] = {"op": op, "kind": kind, "layer": layer, "token": token}
+                   logits: Mapping[str, Any] | None = None, pos: int = -1,
+                   weight: str | None = None) -> dict[str, Any]:
+    """Variables dict from an op's identity, its pair metrics (qdbg.records.PairMetrics or the
+    dict of metrics.pair_metrics) and, at the logits, a logits comparison (position `pos`, default
+    the last) or one of its positions. Absent values are left out."""
+    from qdbg.records import LogitsPosition, PairMetrics
+
+    v: dict[str, Any] = {"op": op, "kind": kind, "layer": layer, "token": token, "weight": weight}
     if pair is not None:
-        for k in ("rel_rms", "sqnr", "cos", "max_abs", "mean_abs", "max_rel", "sign_flips", "amp"):
-            v[k] = pair.get(k)
-        inf = pair.get("inf_a", 0) + pair.get("inf_b", 0)
+        for name, (f, _) in PairMetrics.variables().items():
+            v[name] = pair.get(f)
+        inf = (pair.get("inf_a") or 0) + (pair.get("inf_b") or 0)
         v["inf"] = inf > 0
-        v["nan"] = inf + pair.get("nan_a", 0) + pair.get("nan_b", 0) > 0
+        v["nan"] = inf + (pair.get("nan_a") or 0) + (pair.get("nan_b") or 0) > 0
     if logits is not None:
         p = logits
         if "positions" in logits:
-            p = logits["positions"][pos] if logits["positions"] else {}
-        for k in ("flip", "top1_agree", "kl_ab", "kl_ba", "js", "topk_overlap"):
-            v[k] = p.get(k)
-        v["rank"] = p.get("rank_b_of_a_top1")
-        v["margin_a"] = (p.get("a") or {}).get("margin")
-        v["margin_b"] = (p.get("b") or {}).get("margin")
+            ps = logits["positions"]
+            p = ps[pos] if ps else {}
+        for name, (f, _) in LogitsPosition.variables().items():
+            v[name] = p.get(f)
+        for name, (side, _) in LogitsPosition.SIDE_VARIABLES.items():
+            v[name] = (p.get(side) or {}).get("margin")
     return {k: x for k, x in v.items() if x is not None}
 
 
+def literal_tests(node: Node) -> list[tuple[str, str, str]]:
+    """(variable, operator, string) for every comparison of a variable with a string literal in
+    `node`, either way round: what the debugger checks against the ops that exist."""
+    out: list[tuple[str, str, str]] = []
+    if isinstance(node, Compare):
+        for a, b in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(a, Var) and isinstance(b, Str):
+                out.append((a.name, node.op, b.value))
+    elif isinstance(node, (And, Or)):
+        for it in node.items:
+            out += literal_tests(it)
+    elif isinstance(node, Not):
+        out += literal_tests(node.operand)
+    return out

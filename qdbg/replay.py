@@ -1,17 +1,19 @@
-"""ReplaySession: a loaded trace stepped through the Session verbs, with no model file opened."""
+"""Replay: a loaded trace as an OpSource (TraceSource), walked by the same Debugger as a live run;
+no model file is opened and nothing is computed unless a new scope asks for re-measuring."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Sequence
 
 from qdbg.breakpoints import BreakpointList
+from qdbg.catalogue import Catalogue, OpInfo
+from qdbg.debugger import Debugger
 from qdbg.errors import UsageError
-from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session, numerics_label, parse_scope
+from qdbg.records import Record
+from qdbg.scope import Scope
 from qdbg.trace import load_trace
 from qdbg.trace_schema import ModelInfo, Trace
 
@@ -40,27 +42,96 @@ class ReplayModel:
         raise UsageError(f"a replay has no weights: {self.path.name} is not opened ('{name}')")
 
 
-class ReplaySession(Session):
-    """A Session over a loaded Trace: the verbs (step, back, next_layer, cont, run_to, run_to_end,
-    restart, final, variables) walk the recorded ops; nothing is computed and no model is opened.
+class TraceSource:
+    """An OpSource over a Trace: hands the recorded ops out in order with their recorded metrics
+    (re-measured from the saved tensors when the debugger's scope differs from the recorded one)."""
 
-    It starts where the saved session was (all recorded ops in history, the saved cursor);
-    `restart()` empties the history and stepping hands the ops out again in order. `decode`
-    raises UsageError; `set_scope` works when the saved tensors cover the new scope.
-    """
-
-    def __init__(self, trace: Trace) -> None:  # no Session.__init__: no models, no engines
+    def __init__(self, trace: Trace) -> None:
         self.trace = trace
         self.models = {lab: ReplayModel(trace.models[lab]) for lab in trace.labels}
         self.labels = list(trace.labels)
         self.prompt = list(trace.prompt)
         self.prompt_text = trace.prompt_text
-        self.mode, self.top_k = trace.mode, trace.top_k
+        self.mode = trace.mode
         self.pieces: Any = dict(trace.pieces)
-        self.breakpoints = BreakpointList.from_json(trace.breakpoints)
-        self.engines: dict = {}
-        self._scope = trace.scope
-        self.restart()
+        # the recorded ops are all a replay can reach: targets are checked against them
+        seen = {r.name: OpInfo(r.name, r.kind, r.layer, r.weight) for r in trace.records}
+        self.catalogue: Catalogue | None = Catalogue(seen.values())
+        self.reset()
+
+    def reset(self) -> None:
+        self._next = 0
+        self.tokens = list(self.prompt)
+        self.pending: list[int | None] = []
+        self.driver = self.trace.driver
+
+    @property
+    def exhausted(self) -> bool:
+        return self._next >= len(self.trace.records)
+
+    def next_op(self, index: int) -> Record | None:
+        if self._next >= len(self.trace.records):
+            return None
+        src = self.trace.records[self._next]
+        self._next += 1
+        rec = dataclasses.replace(src, index=index, values=dict(src.values), interventions=list(src.interventions))
+        need = max(rec.positions, default=-1) + 1
+        if len(self.tokens) < need:
+            self.tokens = list(self.trace.tokens[:need])
+        return rec
+
+    def held_positions(self, rec: Record) -> tuple[int, ...] | None:
+        """Token positions covered by rec.values (None: no tensors saved for it)."""
+        return self.trace.tensor_positions.get(rec.index)
+
+    def recorded(self, rec: Record, scope: Scope) -> bool:
+        if scope != self.trace.scope or rec.index >= len(self.trace.records):
+            return False
+        src = self.trace.records[rec.index]
+        rec.stats, rec.pairs, rec.logits = src.stats, src.pairs, src.logits
+        return True
+
+    def check_scope(self, scope: Scope) -> None:
+        """UsageError unless `scope` is the recorded one or the saved tensors cover it."""
+        if scope == self.trace.scope:
+            return
+        for r in self.trace.records:
+            want, sp = scope.positions(r.positions), self.held_positions(r)
+            if "token" in r.axes and want and (sp is None or len(r.values) != len(self.labels)
+                                               or not set(want) <= set(sp)):
+                raise UsageError(
+                    f"this trace cannot show scope {scope.value!r}: it was recorded with scope "
+                    f"{self.trace.scope!r} and keeps {self.trace.tensors.get('note', 'no tensors')}; op {r.name} "
+                    f"(step {r.step}) has tensors for positions {list(sp) if sp else 'none'}")
+
+    def decode(self, n: int, driver: str = "a", text_tokens: Sequence[int] | None = None) -> None:
+        """A replay cannot compute new tokens: always UsageError."""
+        steps = 1 + max((r.step for r in self.trace.records), default=0)
+        raise UsageError(f"a replay cannot decode: the trace holds only the {steps} recorded pass(es) "
+                         f"over {len(self.trace.tokens)} tokens; step on to see them, or rerun with the models")
+
+    def numerics_info(self) -> dict[str, Any]:
+        return dict(self.trace.numerics)
+
+    def numerics_text(self) -> str:
+        n = self.trace.numerics
+        prof = n.get("profile") or {}
+        return f"{n.get('mode', self.mode)}" + (f": {prof['description']}" if prof.get("description") else "")
+
+    def interventions(self) -> list[dict[str, Any]]:
+        return list(self.trace.interventions)
+
+
+class ReplaySession(Debugger):
+    """The Debugger over a TraceSource: it starts where the saved session was (every recorded op
+    in history, the saved cursor and breakpoints); `restart()` empties the history and stepping
+    hands the ops out again. `decode` raises UsageError; `set_scope` works when the saved tensors
+    cover the new scope."""
+
+    def __init__(self, trace: Trace) -> None:
+        super().__init__(TraceSource(trace), scope=trace.scope, top_k=trace.top_k,
+                         breakpoints=BreakpointList.from_json(trace.breakpoints))
+        self.trace = trace
         while self._advance() is not None:
             pass
         self.cursor = trace.cursor
@@ -69,95 +140,11 @@ class ReplaySession(Session):
     def from_trace(cls, trace: Trace) -> ReplaySession:
         return cls(trace)
 
-    def restart(self) -> None:
-        """Back to before the first op (breakpoints stay)."""
-        self.history: list[Record] = []
-        self.cursor = -1
-        self.tokens = list(self.prompt)
-        self.pending: list[int | None] = []
-        self._chunks: list[list[int]] = []
-        self.driver = self.trace.driver
-        self._gens = None
-
-    @property
-    def at_end(self) -> bool:
-        return len(self.history) == len(self.trace.records) and self.cursor == len(self.history) - 1
-
-    def numerics_info(self) -> dict[str, Any]:
-        return dict(self.trace.numerics)
-
-    def numerics_label(self) -> str:
-        return numerics_label(self.numerics_info())
-
-    def numerics_text(self) -> str:
-        n = self.trace.numerics
-        prof = n.get("profile") or {}
-        return f"{n.get('mode', self.mode)}" + (f": {prof['description']}" if prof.get("description") else "")
-
     def saved_positions(self, rec: Record) -> tuple[int, ...] | None:
         """Token positions covered by rec.values (None: no tensors saved for it)."""
-        return self.trace.tensor_positions.get(rec.index)
-
-    def _advance(self) -> Record | None:
-        i = len(self.history)
-        if i >= len(self.trace.records):
-            return None
-        src = self.trace.records[i]
-        rec = dataclasses.replace(src, values=dict(src.values))
-        if self._scope == self.trace.scope:
-            rec.stats, rec.pairs, rec.logits = src.stats, src.pairs, src.logits
-        else:
-            self._measure(rec)
-        self.history.append(rec)
-        need = max(rec.positions, default=-1) + 1
-        if len(self.tokens) < need:
-            self.tokens = list(self.trace.tokens[:need])
-        return rec
-
-    def _wanted(self, rec: Record, scope: str | int) -> tuple[int, ...]:
-        if scope == SCOPE_ALL:
-            return rec.positions
-        if scope == SCOPE_LAST:
-            return rec.positions[-1:]
-        return (scope,) if scope in rec.positions else ()
-
-    def _scope_slice(self, rec: Record, x: np.ndarray) -> np.ndarray | None:
-        sp = self.saved_positions(rec)
-        if "token" not in rec.axes or sp is None:
-            return x if "token" not in rec.axes else None
-        want = self._wanted(rec, self._scope)
-        if not want or not set(want) <= set(sp):
-            return None
-        return np.take(x, [sp.index(p) for p in want], axis=rec.axes.index("token"))
-
-    def set_scope(self, scope: str | int) -> None:
-        """Change the scope; UsageError unless it is the recorded one or the saved tensors cover it."""
-        scope = parse_scope(scope)
-        if scope != self.trace.scope:
-            for r in self.trace.records:
-                want, sp = self._wanted(r, scope), self.saved_positions(r)
-                if want and (sp is None or len(r.values) != len(self.labels) or not set(want) <= set(sp)):
-                    raise UsageError(
-                        f"this trace cannot show scope {scope!r}: it was recorded with scope {self.trace.scope!r} "
-                        f"and keeps {self.trace.tensors.get('note', 'no tensors')}; op {r.name} (step {r.step}) "
-                        f"has tensors for positions {list(sp) if sp else 'none'}")
-        Session.set_scope(self, scope)
-
-    def _measure(self, rec: Record) -> None:
-        if self._scope == self.trace.scope and rec.index < len(self.trace.records):
-            src = self.trace.records[rec.index]
-            rec.stats, rec.pairs, rec.logits = src.stats, src.pairs, src.logits
-        else:
-            Session._measure(self, rec)
-
-    def decode(self, n: int, driver: str = "a", text_tokens: Any = None) -> None:
-        """A replay cannot compute new tokens: always UsageError."""
-        steps = 1 + max((r.step for r in self.trace.records), default=0)
-        raise UsageError(f"a replay cannot decode: the trace holds only the {steps} recorded pass(es) "
-                         f"over {len(self.trace.tokens)} tokens; step on to see them, or rerun with the models")
+        return self.source.held_positions(rec)
 
 
 def open_replay(path: str | os.PathLike) -> ReplaySession:
     """Load a trace file and return a ReplaySession positioned where the saved session was."""
     return ReplaySession(load_trace(path))
-

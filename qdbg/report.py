@@ -16,7 +16,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session
+from qdbg.records import Record
+from qdbg.scope import ALL as SCOPE_ALL, LAST as SCOPE_LAST, Scope
+from qdbg.session import Session
 from qdbg.trace import Trace, snapshot
 from qdbg.util import write_text
 
@@ -95,11 +97,7 @@ def _get(rec: Record, key: str, metric: str) -> Any:
 
 def _abs_pos(tr: Trace, rec: Record, p: int) -> int | None:
     """Absolute token position of row p of a scoped logits comparison."""
-    if tr.scope == SCOPE_ALL:
-        return rec.positions[p] if p < len(rec.positions) else None
-    if tr.scope == SCOPE_LAST:
-        return rec.positions[-1] if rec.positions else None
-    return int(tr.scope)
+    return Scope.parse(tr.scope).absolute(rec.positions, p)
 
 
 def _config(tr: Trace) -> list[str]:

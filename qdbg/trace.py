@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 
 from qdbg.errors import QdbgError, TraceError, UsageError
-from qdbg.session import SCOPE_ALL, SCOPE_LAST, Record, Session
+from qdbg.records import Record
+from qdbg.scope import Scope
 from qdbg.util import atomic_write, check_output
 
-FORMAT, VERSION = "qdbg-trace", 1
 from qdbg.trace_schema import (  # noqa: F401  (re-exported: the trace API lives here)
     DEFAULT_BUDGET, DTYPES, FORMAT, MANIFEST, MAX_DEFLATE_RATIO, MAX_ENTRIES, MAX_MANIFEST_BYTES,
-    VERSION, _LOW, ModelInfo, Trace, _trace_from, dumps, loads,
+    READS, VERSION, _LOW, ModelInfo, Trace, _trace_from, dumps, loads,
 )
 # ---- snapshot and save -----------------------------------------------------------------------
 
@@ -91,14 +91,13 @@ def _top_ids(values: np.ndarray, k: int) -> set[int]:
     return out
 
 
-def _value_positions(session: Session, rec: Record) -> tuple[int, ...]:
+def _value_positions(session: Any, rec: Record) -> tuple[int, ...]:
     """Token positions covered by rec.values (a replay may hold slices)."""
-    sp = getattr(session, "saved_positions", None)
-    got = sp(rec) if sp is not None else None
+    got = session.source.held_positions(rec)
     return rec.positions if got is None else got
 
 
-def snapshot(session: Session, *, prompt_text: str | None = None, hashes: bool = True) -> Trace:
+def snapshot(session: Any, *, prompt_text: str | None = None, hashes: bool = True) -> Trace:
     """The session's state as a Trace in memory (Record copies sharing the value arrays)."""
     pieces: dict[int, str] = {}
     if session.pieces is not None:
@@ -114,10 +113,10 @@ def snapshot(session: Session, *, prompt_text: str | None = None, hashes: bool =
         labels=list(session.labels), models={lab: _model_info(session.models[lab], hashes) for lab in session.labels},
         prompt=list(session.prompt), tokens=list(session.tokens),
         prompt_text=prompt_text if prompt_text is not None else getattr(session, "prompt_text", None),
-        mode=session.mode, numerics=session.numerics_info(), scope=session.scope, top_k=session.top_k, driver=session.driver,
+        mode=session.mode, numerics=session.numerics_info(), scope=Scope.parse(session.scope).to_json(), top_k=session.top_k, driver=session.driver,
         pending=list(session.pending), breakpoints=session.breakpoints.to_json(), cursor=session.cursor,
         records=recs, tensor_positions=tpos, pieces=pieces, qdbg_version=_qdbg_version(),
-        tensors={"policy": "full" if tpos else "none"})
+        tensors={"policy": "full" if tpos else "none"}, interventions=session.interventions())
 
 
 def _qdbg_version() -> str:
@@ -128,9 +127,8 @@ def _qdbg_version() -> str:
 
 def _selected(tr: Trace, rec: Record) -> int | None:
     """The token position whose slice the 'position' policy keeps (None: not in scope)."""
-    if tr.scope in (SCOPE_LAST, SCOPE_ALL):
-        return rec.positions[-1] if rec.positions else None
-    return tr.scope if tr.scope in rec.positions else None
+    kept = Scope.parse(tr.scope).positions(rec.positions)
+    return kept[-1] if kept else None
 
 
 def _plan(tr: Trace, budget: int) -> dict[int, tuple[tuple[int, ...], dict[str, np.ndarray]]]:
@@ -186,7 +184,7 @@ def _put(z: zipfile.ZipFile, name: str, arr: np.ndarray, compress: int) -> None:
         np.lib.format.write_array(fp, arr, allow_pickle=False)
 
 
-def save_trace(session: Session, path: str | os.PathLike, *, tensor_budget_bytes: int = DEFAULT_BUDGET,
+def save_trace(session: Any, path: str | os.PathLike, *, tensor_budget_bytes: int = DEFAULT_BUDGET,
                prompt_text: str | None = None) -> Path:
     """Write the session to `path` atomically; full tensors if they fit in the budget, else the
     selected position's slices, else as many slices as fit (nearest the cursor first)."""
@@ -207,7 +205,9 @@ def save_trace(session: Session, path: str | os.PathLike, *, tensor_budget_bytes
     entries: list[tuple[str, np.ndarray]] = []
     recs = []
     for rec in tr.records:
-        d = {f.name: getattr(rec, f.name) for f in dataclasses.fields(Record) if f.name != "values"}
+        d = {f.name: getattr(rec, f.name) for f in dataclasses.fields(Record)
+             if f.name not in ("values", "stats", "pairs", "logits")}
+        d.update(rec.metrics_json())
         pos, arrs = plan.get(rec.index, (None, {}))
         d["tensor_positions"] = list(pos) if arrs else None
         d["tensors"] = {}
@@ -230,7 +230,7 @@ def save_trace(session: Session, path: str | os.PathLike, *, tensor_budget_bytes
         "prompt_text": tr.prompt_text, "prompt": tr.prompt, "tokens": tr.tokens,
         "pieces": tr.pieces, "mode": tr.mode, "numerics": tr.numerics, "scope": tr.scope, "top_k": tr.top_k, "driver": tr.driver,
         "pending": tr.pending, "breakpoints": tr.breakpoints, "cursor": tr.cursor, "tensors": tr.tensors,
-        "n_records": len(recs), "n_tensors": len(entries), "records": recs,
+        "n_records": len(recs), "n_tensors": len(entries), "records": recs, "interventions": tr.interventions,
     }
     blob = np.frombuffer(dumps(manifest), dtype=np.uint8)
 
@@ -332,8 +332,9 @@ def _load(z: zipfile.ZipFile, fsize: int) -> Trace:
     magic = z.comment.decode("ascii", "replace").split(" ")
     if len(magic) != 2 or magic[0] != FORMAT:
         raise TraceError(f"not a qdbg trace (no '{FORMAT} <version>' zip comment), or truncated")
-    if magic[1] != str(VERSION):
-        raise TraceError(f"unsupported trace version {magic[1][:20]!r} (this qdbg reads {VERSION})")
+    if magic[1] not in [str(v) for v in READS]:
+        raise TraceError(f"unsupported trace version {magic[1][:20]!r} (this qdbg reads "
+                         f"{', '.join(map(str, READS))})")
     infos = z.infolist()
     names = [i.filename for i in infos]
     if len(infos) > MAX_ENTRIES or len(set(names)) != len(names):
@@ -350,6 +351,8 @@ def _load(z: zipfile.ZipFile, fsize: int) -> Trace:
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise TraceError(f"manifest is not strict UTF-8 JSON ({_one_line(e)})") from None
     tr, refs = _trace_from(m)
+    if str(tr.version) != magic[1]:
+        raise TraceError(f"the zip comment says version {magic[1]}, the manifest {tr.version}")
     missing = [r[2] for r in refs if r[2] not in by]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

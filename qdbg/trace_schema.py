@@ -16,9 +16,14 @@ import numpy as np
 
 from qdbg.breakpoints import BreakpointList
 from qdbg.errors import QdbgError, TraceError
-from qdbg.session import PAIRS, SCOPE_ALL, SCOPE_LAST, Record
+from qdbg.debugger import PAIRS
+from qdbg.records import (LogitsComparison, LogitsPosition, LogitsSide, PairMetrics, Record, SideStats,
+                           decode_float, to_json_value)
+from qdbg.scope import ALL as SCOPE_ALL, LAST as SCOPE_LAST
 
-FORMAT, VERSION = "qdbg-trace", 1
+FORMAT, VERSION = "qdbg-trace", 2
+READS = (1, 2)
+"""Versions this qdbg loads: 1 lacks interventions, the every flag and the attribution fields."""
 MANIFEST = "manifest"
 DEFAULT_BUDGET = 64 << 20
 MAX_MANIFEST_BYTES = 1 << 30   # uncompressed JSON
@@ -26,7 +31,6 @@ MAX_DEFLATE_RATIO = 200        # manifest: uncompressed / compressed
 MAX_ENTRIES = 1 << 20
 POLICIES = ("full", "position", "partial", "none")
 DTYPES = ("<f2", "<f4", "<f8", "<i4", "<i8")
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _PAIR_KEYS = tuple(f"{x}~{y}" for x, y in PAIRS)
 _LOW = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, struct.error, OverflowError,
         NotImplementedError, RuntimeError, RecursionError, KeyError, IndexError, TypeError, MemoryError)
@@ -81,37 +85,22 @@ class Trace:
     numerics: dict[str, Any] = field(default_factory=dict)  # mode, build profile, run settings
     qdbg_version: str = ""
     version: int = VERSION
+    interventions: list[dict[str, Any]] = field(default_factory=list)  # weight patches, resyncs (v2)
 
 
 # ---- strict JSON -----------------------------------------------------------------------------
 
 def _enc(x: Any) -> Any:
     """JSON-ready copy: non-finite floats tagged, tuples as lists, numpy scalars as Python."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else {"$float": "nan" if x != x else ("inf" if x > 0 else "-inf")}
-    if x is None or isinstance(x, (bool, int, str)):
-        return x
-    if isinstance(x, Mapping):
-        return {str(k): _enc(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_enc(v) for v in x]
-    if isinstance(x, np.generic):
-        return _enc(x.item())
-    if isinstance(x, np.ndarray):
-        return _enc(x.tolist())
-    return str(x)
+    return to_json_value(x)
 
 
 def _hook(pairs: list[tuple[str, Any]]) -> Any:
-    if len(pairs) == 1 and pairs[0][0] == "$float":
-        v = pairs[0][1]
-        if not isinstance(v, str) or v not in _NONFINITE:
-            raise ValueError(f"bad $float value {v!r}")
-        return _NONFINITE[v]
     d = dict(pairs)
     if len(d) != len(pairs):
         raise ValueError(f"duplicate key in {sorted(k for k, _ in pairs)[:5]}...")
-    return d
+    f = decode_float(d)
+    return d if f is None else f
 
 
 def _no_const(s: str) -> Any:
@@ -179,7 +168,8 @@ TOP = {"format": "str", "version": "int", "qdbg_version": "str", "created_at": "
        "models": "{dict}", "prompt_text": "str?", "prompt": "[nat]", "tokens": "[nat]", "pieces": "{str}",
        "mode": "str", "scope": "any", "top_k": "nat", "driver": "str", "pending": "[nat?]",
        "breakpoints": "dict", "cursor": "int", "tensors": "dict", "n_records": "nat", "n_tensors": "nat",
-       "records": "[dict]"}
+       "records": "[dict]", "interventions": "[dict]"}
+TOP_REQUIRED = tuple(k for k in TOP if k != "interventions")
 MODEL = {"path": "str", "name": "str", "size": "nat?", "sha256": "str?", "tensor_types": "{str}",
          "config": "dict"}
 TENSORS = {"policy": "str", "budget_bytes": "nat", "total_bytes": "nat", "saved_bytes": "nat",
@@ -187,18 +177,13 @@ TENSORS = {"policy": "str", "budget_bytes": "nat", "total_bytes": "nat", "saved_
 REC = {"index": "nat", "name": "str", "kind": "str", "layer": "int?", "step": "nat", "positions": "[nat]",
        "axes": "[str]", "inputs": "[str]", "weight": "str?", "weight_types": "{str?}", "ggml_name": "str?",
        "stats": "{dict}", "pairs": "{dict}", "logits": "{dict}?", "tensor_positions": "[nat]?",
-       "tensors": "{dict}"}
-STATS = {"shape": "[nat]", "size": "nat", "nan_count": "nat", "inf_count": "nat", "finite_count": "nat",
-         "first": "[num]", "rms": "num?", "mean": "num?", "std": "num?", "min": "num?", "max": "num?",
-         "absmax": "num?"}
-PAIR = {"shape": "[nat]", "n": "nat", "n_compared": "nat", "n_nonfinite": "nat", "nan_a": "nat",
-        "inf_a": "nat", "nan_b": "nat", "inf_b": "nat", "first_nonfinite": "dict?", "max_abs": "num?",
-        "mean_abs": "num?", "rel_rms": "num?", "sqnr": "num?", "cos": "num?", "max_rel": "num?",
-        "max_rel_at": "dict?", "rel_eps": "num?", "sign_flips": "nat?", "amp": "num?", "top": "[dict]"}
-LOGITS = {"n_pos": "nat", "n_vocab": "nat", "k": "nat", "flip_positions": "[nat]", "positions": "[dict]"}
-LPOS = {"pos": "nat", "a": "dict", "b": "dict", "top1_agree": "bool", "flip": "bool", "topk_overlap": "num",
-        "kl_ab": "num?", "kl_ba": "num?", "js": "num?", "rank_b_of_a_top1": "nat", "rank_a_of_b_top1": "nat"}
-LSIDE = {"top": "[dict]", "margin": "num?", "entropy": "num?"}
+       "tensors": "{dict}", "interventions": "[str]"}
+REC_REQUIRED = tuple(k for k in REC if k != "interventions")
+STATS = SideStats.spec()
+PAIR = PairMetrics.spec()
+LOGITS = LogitsComparison.spec()
+LPOS = LogitsPosition.spec()
+LSIDE = LogitsSide.spec()
 LTOP = {"id": "nat", "piece": "str?", "logit": "num", "prob": "num?"}
 TENSOR = {"entry": "str", "shape": "[nat]", "dtype": "str"}
 # one element of a pairwise comparison: `top` entries, `max_rel_at`, `first_nonfinite`
@@ -241,10 +226,10 @@ def _check_metrics(r: dict, labels: list[str], where: str) -> None:
         if key not in _PAIR_KEYS or any(s not in labels for s in key.split("~")):
             raise TraceError(f"manifest: {where} has metrics for unknown pair '{key}'")
     for lab, st in r["stats"].items():
-        _fields(st, STATS, f"{where}.stats.{lab}", tuple(STATS))
+        _fields(st, STATS, f"{where}.stats.{lab}", SideStats.REQUIRED)
     for key, pm in r["pairs"].items():
         w = f"{where}.pairs.{key}"
-        _fields(pm, PAIR, w, tuple(PAIR))
+        _fields(pm, PAIR, w, PairMetrics.REQUIRED)
         shape = pm["shape"]
         elems = [(f"{w}.top[{j}]", e, ("index", "at", "a", "b", "abs_diff")) for j, e in enumerate(pm["top"])]
         elems += [(f"{w}.{k}", pm[k], ("index", "at", "a", "b")) for k in ("max_rel_at", "first_nonfinite")
@@ -271,7 +256,7 @@ def _check_metrics(r: dict, labels: list[str], where: str) -> None:
 
 def _record_from(r: Any, i: int, tr: Trace, refs: list) -> Record:
     w = f"records[{i}]"
-    _fields(r, REC, w, tuple(REC))
+    _fields(r, REC, w, REC_REQUIRED)
     if r["index"] != i:
         raise TraceError(f"manifest: {w}.index is {r['index']}, expected {i}")
     if any(p >= len(tr.tokens) for p in r["positions"]):
@@ -280,7 +265,8 @@ def _record_from(r: Any, i: int, tr: Trace, refs: list) -> Record:
     rec = Record(index=i, name=r["name"], kind=r["kind"], layer=r["layer"], step=r["step"],
                  positions=tuple(r["positions"]), axes=tuple(r["axes"]), inputs=tuple(r["inputs"]),
                  weight=r["weight"], weight_types=dict(r["weight_types"]), ggml_name=r["ggml_name"],
-                 stats=r["stats"], pairs=r["pairs"], logits=r["logits"])
+                 interventions=list(r.get("interventions", [])))
+    rec.set_metrics(r["stats"], r["pairs"], r["logits"])
     tp = r["tensor_positions"]
     if r["tensors"]:
         if tp is None or not set(tp) <= set(rec.positions) or len(set(tp)) != len(tp):
@@ -305,9 +291,10 @@ def _trace_from(m: Any) -> tuple[Trace, list]:
     _check(m, "dict", "manifest")
     if m.get("format") != FORMAT:
         raise TraceError(f"not a qdbg trace (format {str(m.get('format'))[:40]!r}, expected {FORMAT!r})")
-    if m.get("version") != VERSION:
-        raise TraceError(f"unsupported trace version {str(m.get('version'))[:20]} (this qdbg reads {VERSION})")
-    _fields(m, TOP, "manifest", tuple(TOP))
+    if m.get("version") not in READS or isinstance(m.get("version"), bool):
+        raise TraceError(f"unsupported trace version {str(m.get('version'))[:20]} "
+                         f"(this qdbg reads {', '.join(map(str, READS))})")
+    _fields(m, TOP, "manifest", TOP_REQUIRED)
     numerics = m.get("numerics", {"mode": m["mode"]})  # optional: traces before exact mode lack it
     _check(numerics, "dict", "manifest.numerics")
     labels = m["labels"]
@@ -348,7 +335,7 @@ def _trace_from(m: Any) -> tuple[Trace, list]:
                driver=m["driver"], pending=list(m["pending"]), breakpoints=m["breakpoints"],
                cursor=m["cursor"], records=[], tensors=m["tensors"], pieces=pieces,
                created_at=m["created_at"], qdbg_version=m["qdbg_version"], version=m["version"],
-               numerics=numerics)
+               numerics=numerics, interventions=list(m.get("interventions", [])))
     refs: list = []
     tr.records = [_record_from(r, i, tr, refs) for i, r in enumerate(m["records"])]
     if m["n_tensors"] != len(refs):

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+import qdbg.live
+import qdbg.trace as qtrace
 import qdbg.session
 from qdbg.engine.forward import Engine
 from qdbg.report import num, pct, render_report
@@ -40,8 +42,8 @@ def _run(paths, sides, decode=1):
 def engines_with(monkeypatch):
     """Install per-file op overrides in the engines a Session creates."""
     def install(by_path):
-        monkeypatch.setattr(qdbg.session, "Engine",
-                            lambda m, mode, **kw: Engine(m, mode, overrides=by_path.get(str(m.path)), **kw))
+        monkeypatch.setattr(qdbg.live, "Engine",
+                            lambda m, mode, **kw: Engine(m, mode, **{**kw, "overrides": by_path.get(str(m.path))}))
     return install
 
 
@@ -180,7 +182,7 @@ def test_any_valid_trace_renders(paths, tmp_path):
         scramble([r["stats"], r["pairs"], r["logits"]])
     out = tmp_path / "s.qtrace"
     with zipfile.ZipFile(out, "w") as z:
-        z.comment = b"qdbg-trace 1"
+        z.comment = f"qdbg-trace {qtrace.VERSION}".encode()
         b = io.BytesIO()
         np.lib.format.write_array(b, np.frombuffer(dumps(m), np.uint8))
         z.writestr("manifest.npy", b.getvalue())

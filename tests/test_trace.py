@@ -87,7 +87,7 @@ def test_readable_with_numpy_and_json(live):
     s, _, path, _ = live
     with np.load(path, allow_pickle=False) as z:
         m = json.loads(z["manifest"].tobytes(), parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
-        assert m["format"] == "qdbg-trace" and m["version"] == 1 and len(z.files) == 1 + m["n_tensors"]
+        assert m["format"] == "qdbg-trace" and m["version"] == 2 and len(z.files) == 1 + m["n_tensors"]
         rec = m["records"][5]
         t = rec["tensors"]["A"]
         np.testing.assert_array_equal(z[t["entry"]], s.history[5].values["A"])
@@ -205,7 +205,7 @@ def _entries(path):
         return {i.filename: z.read(i) for i in z.infolist()}
 
 
-def _rezip(path, out, entries, compress=None, comment=b"qdbg-trace 1"):
+def _rezip(path, out, entries, compress=None, comment=b"qdbg-trace 2"):
     with zipfile.ZipFile(out, "w") as z:
         z.comment = comment
         for name, data in entries.items():
@@ -281,7 +281,7 @@ def test_flipped_bytes_are_rejected_or_harmless(small, tmp_path):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda m: m.update(version=2), "version"),
+    (lambda m: m.update(version=3), "version"),
     (lambda m: m.update(format="other"), "format"),
     (lambda m: m.pop("records"), "records"),
     (lambda m: m.update(cursor="x"), "cursor"),
@@ -325,8 +325,10 @@ def test_bad_entries_are_rejected(small, tmp_path):
     check({**ents, name: ents[name][:-4]}, "bytes")
     check(ents, "compressed", {name: zipfile.ZIP_DEFLATED})
     check({k: v for k, v in ents.items() if k != "manifest.npy"}, "no manifest")
-    with pytest.raises(TraceError, match="version '2'"):
-        load_trace(_rezip(small, tmp_path / "v.qtrace", ents, comment=b"qdbg-trace 2"))
+    with pytest.raises(TraceError, match="version '3'"):
+        load_trace(_rezip(small, tmp_path / "v.qtrace", ents, comment=b"qdbg-trace 3"))
+    with pytest.raises(TraceError, match="zip comment says version 1, the manifest 2"):
+        load_trace(_rezip(small, tmp_path / "v.qtrace", ents, comment=b"qdbg-trace 1"))
     check({**ents, "manifest.npy": _npy(np.frombuffer(b"{not json", np.uint8))}, "JSON")
     check({**ents, "manifest.npy": _npy(np.frombuffer(b'{"a": NaN}', np.uint8))}, "JSON")
     check({**ents, "manifest.npy": _npy(np.frombuffer(b'{"a": 1, "a": 2}', np.uint8))}, "duplicate")
@@ -367,3 +369,30 @@ def test_parse_size():
     for bad in ("", "-1", "x", "nanM", "1e30G"):
         with pytest.raises(UsageError):
             parse_size(bad)
+
+
+def _as_version_1(m):
+    """What qdbg wrote before version 2: no interventions, no `every`, no attribution fields."""
+    m["version"] = 1
+    m.pop("interventions")
+    for bp in m["breakpoints"]["breakpoints"]:
+        bp.pop("every")
+    for r in m["records"]:
+        r.pop("interventions")
+        for pm in r["pairs"].values():
+            for k in ("centred", "local", "inherited", "noise"):
+                pm.pop(k)
+
+
+def test_version_1_traces_still_load(small, tmp_path):
+    ents = _entries(small)
+    m = loads(np.load(io.BytesIO(ents["manifest.npy"])).tobytes())
+    _as_version_1(m)
+    ents["manifest.npy"] = _npy(np.frombuffer(dumps(m), np.uint8))
+    old = load_trace(_rezip(small, tmp_path / "v1.qtrace", ents, comment=b"qdbg-trace 1"))
+    new = load_trace(small)
+    assert old.version == 1 and old.interventions == [] and len(old.records) == len(new.records)
+    for r1, r2 in zip(old.records, new.records):
+        assert r1.pair.rel_rms == r2.pair.rel_rms and r1.pair.local is None and r1.interventions == []
+    rs = ReplaySession(old)
+    assert rs.cursor == new.cursor and rs.current.name == new.records[new.cursor].name

@@ -22,12 +22,7 @@ EMPTY = "no op yet — s steps"
 
 def abs_position(session: Any, rec: Any, i: int) -> int | None:
     """The token position of index `i` along the token axis of a record's scoped values."""
-    scope = session.scope
-    if scope == "all":
-        return rec.positions[i] if 0 <= i < len(rec.positions) else None
-    if scope == "last":
-        return rec.positions[-1] if rec.positions else None
-    return int(scope)
+    return session.scope.absolute(rec.positions, i)
 
 
 def scoped_values(session: Any, rec: Any) -> tuple[Any, Any] | None:

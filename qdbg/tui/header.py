@@ -38,7 +38,7 @@ def token_text(session: Any, rec: Any) -> str:
     if scope == "all":
         return f"tokens {rec.positions[0]}–{rec.positions[-1]}" if len(rec.positions) > 1 else \
             f"token {rec.positions[0]}"
-    pos = rec.positions[-1] if scope == "last" else scope
+    pos = scope.token(rec.positions)
     if pos not in rec.positions:
         return f"token {pos} (not in this pass)"
     tid = session.tokens[pos] if pos < len(session.tokens) else None

@@ -1,0 +1,249 @@
+"""LiveSource: the sides' engines run in lockstep over the same tokens, one op at a time.
+
+The prompt runs as llama.cpp runs it (micro-batches of at most n_ubatch tokens, each a pass),
+then queued decode steps, each token chosen by A's argmax, B's argmax or forced text, and fed to
+every side. Two interventions change the run, and every op they touch is labelled:
+
+- weight patches (`Patch("blk.7.*", "B")`): for tensors matching the glob, the other quantized
+  side (A for B, B for A, both A and B for R) computes with the named side's weights
+  (`Engine(weight_overrides=...)`); "which weights make the difference?"
+- activation resync (`Resync("l_out-*")`): after each matching op, A goes on from B's output, so
+  the error measured downstream is what the following ops add themselves. The op's A value stays
+  what A computed (its local error is visible); only what A feeds forward is B's.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from qdbg.catalogue import Catalogue, pass_ops
+from qdbg.engine.forward import Engine
+from qdbg.engine.result import OpResult
+from qdbg.errors import ModelMismatchError, UsageError
+from qdbg.numerics import DEFAULT_MODE, RunSettings
+from qdbg.records import Record
+from qdbg.scope import Scope
+from qdbg.source import DRIVERS
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Tensors matching `glob` come from side `side` on the other quantized side(s)."""
+
+    glob: str
+    side: str
+
+    @classmethod
+    def parse(cls, text: str) -> Patch:
+        """'GLOB=SIDE' (SIDE one of A, B, R); UsageError otherwise."""
+        glob, sep, side = str(text).rpartition("=")
+        if not sep or not glob or side.upper() not in ("A", "B", "R"):
+            raise UsageError(f"--patch wants GLOB=SIDE with SIDE one of A, B, R, got {text!r}")
+        return cls(glob, side.upper())
+
+    def targets(self) -> tuple[str, ...]:
+        """The sides whose weights are replaced."""
+        return {"A": ("B",), "B": ("A",), "R": ("A", "B")}[self.side]
+
+    def label(self) -> str:
+        return f"patch {self.glob}: {','.join(self.targets())}<-{self.side}"
+
+
+@dataclass(frozen=True)
+class Resync:
+    """After ops matching `glob`, A continues from B's output."""
+
+    glob: str
+
+    def label(self) -> str:
+        return f"resync {self.glob}: A<-B"
+
+
+class LiveSource:
+    """An OpSource over engines; see the module docstring."""
+
+    def __init__(self, models: dict[str, Any], tokens: Sequence[int], *, mode: str = DEFAULT_MODE,
+                 settings: RunSettings | None = None, pieces: Any = None,
+                 patches: Sequence[Patch] = (), resyncs: Sequence[Resync] = ()) -> None:
+        if "A" not in models or "B" not in models:
+            raise UsageError("a session needs models A and B")
+        if not tokens:
+            raise UsageError("a session needs at least one token")
+        from qdbg.session import check_match
+
+        check_match(models)
+        n_ctx = min(m.config.n_ctx_train for m in models.values())
+        if len(tokens) > n_ctx:
+            raise UsageError(f"the prompt has {len(tokens)} tokens, more than the context ({n_ctx})")
+        self.models = models
+        self.labels = [lab for lab in ("A", "B", "R") if lab in models]
+        self.prompt = [int(t) for t in tokens]
+        self.prompt_text: str | None = None
+        self.mode = mode
+        self.settings = settings or RunSettings()
+        self.pieces = pieces
+        self.patches = list(patches)
+        self.resyncs = list(resyncs)
+        for p in self.patches:
+            if p.side not in self.labels:
+                raise UsageError(f"--patch {p.glob}={p.side}: there is no side {p.side} (give --ref for R)")
+        self.engines: dict[str, Engine] = {}
+        self.reset()
+        self.catalogue = Catalogue(pass_ops(models["A"].config, self.settings.flash_attn))
+        self._weight_patches = self._patched_weights()  # checks the globs before any op
+        for r in self.resyncs:
+            if not self.catalogue.match_names(r.glob):
+                raise UsageError(f"--resync {r.glob}: no op matches (ops are named like l_out-5)")
+        self.reset()
+
+    # -- interventions ------------------------------------------------------------------------
+    def _patched_weights(self) -> dict[str, dict[str, Any]]:
+        """label -> {tensor name: Weight from the patch's side}."""
+        out: dict[str, dict[str, Any]] = {}
+        names = list(self.models["A"].tensors)
+        for p in self.patches:
+            hit = [n for n in names if fnmatch.fnmatchcase(n, p.glob)]
+            if not hit:
+                raise UsageError(f"--patch {p.glob}={p.side}: no tensor matches (tensors are named like "
+                                 f"blk.5.ffn_up.weight)")
+            for lab in p.targets():
+                for n in hit:
+                    out.setdefault(lab, {})[n] = self.models[p.side].weight(n)
+        return out
+
+    def interventions(self) -> list[dict[str, Any]]:
+        return ([{"kind": "patch", "glob": p.glob, "side": p.side, "targets": list(p.targets()),
+                  "label": p.label()} for p in self.patches]
+                + [{"kind": "resync", "glob": r.glob, "from": "B", "to": "A", "label": r.label()}
+                   for r in self.resyncs])
+
+    def _resync_hook(self) -> Any:
+        """Engine hook for A: B's value of a matching op (B steps first), else None."""
+        globs = [r.glob for r in self.resyncs]
+
+        def hook(res: OpResult) -> np.ndarray | None:
+            b = self._current.get("B")
+            if b is not None and b.name == res.name and any(fnmatch.fnmatchcase(res.name, g) for g in globs):
+                self._resynced = True
+                return b.value
+            return None
+
+        return hook
+
+    # -- state --------------------------------------------------------------------------------
+    def reset(self) -> None:
+        wp = getattr(self, "_weight_patches", {})
+        self.engines = {}
+        for lab, m in self.models.items():
+            hook = self._resync_hook() if lab == "A" and self.resyncs else None
+            self.engines[lab] = Engine(m, self.mode, overrides=hook, weight_overrides=wp.get(lab),
+                                       settings=self.settings)
+        self._chunks = self.engines["A"].ubatches(self.prompt)
+        self.tokens = list(self.prompt)
+        self.pending: list[int | None] = []
+        self.driver = "a"
+        self._gens: dict[str, Iterator[OpResult]] | None = None
+        self._current: dict[str, OpResult] = {}
+        self._last_logits: dict[str, np.ndarray] = {}
+        self._start_pass(self._chunks.pop(0))
+
+    @property
+    def exhausted(self) -> bool:
+        return self._gens is None and not self.pending and not self._chunks
+
+    def numerics_info(self) -> dict[str, Any]:
+        return self.engines["A"].numerics.to_json()
+
+    def numerics_text(self) -> str:
+        return self.engines["A"].numerics.describe()
+
+    def held_positions(self, rec: Record) -> tuple[int, ...] | None:
+        return rec.positions if rec.values else None
+
+    def recorded(self, rec: Record, scope: Scope) -> bool:
+        return False
+
+    def check_scope(self, scope: Scope) -> None:
+        return None
+
+    # -- computing ops ------------------------------------------------------------------------
+    def _start_pass(self, tokens: Sequence[int]) -> None:
+        self._gens = {lab: e.forward(tokens) for lab, e in self.engines.items()}
+
+    def next_op(self, index: int) -> Record | None:
+        while True:
+            if self._gens is None:
+                if self._chunks:
+                    self._start_pass(self._chunks.pop(0))
+                elif self.pending:
+                    self._start_pass([self._next_token(self.pending.pop(0))])
+                else:
+                    return None
+            assert self._gens is not None
+            self._current = {}
+            self._resynced = False
+            order = ["B", "A"] + [lab for lab in self._gens if lab not in ("A", "B")]  # B first: resync reads it
+            for lab in order:
+                r = next(self._gens[lab], None)
+                if r is None:
+                    break
+                self._current[lab] = r
+            if len(self._current) == len(self._gens):
+                break
+            self._gens = None
+        results = {lab: self._current[lab] for lab in self.labels}
+        names = {r.name for r in results.values()}
+        if len(names) != 1:
+            raise ModelMismatchError(f"the sides diverged in structure: {sorted(names)}")
+        a = results["A"]
+        rec = Record(
+            index=index, name=a.name, kind=a.kind, layer=a.layer, step=a.step,
+            positions=a.positions, axes=a.axes, inputs=a.inputs, weight=a.weight,
+            weight_types={lab: r.weight_type for lab, r in results.items()}, ggml_name=a.ggml_name,
+            values={lab: r.value for lab, r in results.items()},
+        )
+        if self._resynced and a.computed is not None:  # A's own output is what shows its local error
+            rec.values["A"] = a.computed
+            rec.interventions.append("resync A<-B")
+        if a.weight:
+            rec.interventions += [p.label() for p in self.patches if fnmatch.fnmatchcase(a.weight, p.glob)]
+        if a.name == "result_output":
+            self._gens = None
+            self._last_logits = {lab: r.value for lab, r in results.items()}
+        return rec
+
+    def _next_token(self, forced: int | None) -> int:
+        if forced is not None:
+            tok = forced
+        else:
+            side = "A" if self.driver == "a" else "B"
+            if side not in self._last_logits:
+                raise UsageError("no logits yet: run the prompt to its end first")
+            tok = int(np.argmax(self._last_logits[side][-1]))
+        self.tokens.append(tok)
+        return tok
+
+    def decode(self, n: int, driver: str = "a", text_tokens: Sequence[int] | None = None) -> None:
+        """Queue n more tokens after what is queued; every side is fed the same token.
+
+        driver 'a' or 'b': that side's argmax at the last position; 'text': `text_tokens` in order.
+        """
+        if driver not in DRIVERS:
+            raise UsageError(f"driver must be one of {', '.join(DRIVERS)}")
+        if n < 0:
+            raise UsageError("decode needs a non-negative count")
+        limit = min(m.config.n_ctx_train for m in self.models.values())
+        if len(self.tokens) + len(self.pending) + n > limit:
+            raise UsageError(f"decoding {n} more tokens would exceed the context ({limit})")
+        self.driver = driver
+        if driver == "text":
+            forced = list(text_tokens or [])
+            if len(forced) < n:
+                raise UsageError(f"forced text gives {len(forced)} tokens, {n} requested")
+            self.pending.extend(forced[:n])
+        else:
+            self.pending.extend([None] * n)
