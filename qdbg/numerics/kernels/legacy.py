@@ -24,6 +24,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from qdbg.errors import QdbgError
+from qdbg.numerics.kernels.lg_simd import lg_decode_4, lg_decode_5, lg_decode_8, lg_dot_1, lg_dot_4
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, jit
 from qdbg.quant.activations import quantize_q8_0, quantize_q8_1
 
@@ -43,40 +44,23 @@ def _f16(row, o):
     return f16_bits_to_f32(np.uint16(row[o]) | (np.uint16(row[o + 1]) << np.uint16(8)))
 
 
-@jit(inline="always")
-def _u32(row, o):
-    return (np.uint32(row[o]) | (np.uint32(row[o + 1]) << np.uint32(8))
-            | (np.uint32(row[o + 2]) << np.uint32(16)) | (np.uint32(row[o + 3]) << np.uint32(24)))
-
-
 @jit
 def _decode_row(row, code, nb, v, d, m):
     """One GGUF row -> int16 values v [nb*32], f32 scales d [nb], f32 mins m [nb] (0 if none)."""
-    if code == 4:                                              # Q8_0
-        for b in range(nb):
-            d[b] = _f16(row, b * 34)
-            m[b] = np.float32(0.0)
-        for b in range(nb):
-            o = b * 34 + 2
-            for i in range(32):
-                v[b * 32 + i] = np.int16(np.int8(row[o + i]))
-        return
-    bsz = (18, 20, 22, 24)[code]
-    qs = (2, 4, 6, 8)[code]
-    off = (8, 0, 16, 0)[code]
+    bsz = (18, 20, 22, 24, 34)[code]
     for b in range(nb):
-        o = b * bsz
-        d[b] = _f16(row, o)
-        m[b] = _f16(row, o + 2) if code == 1 or code == 3 else np.float32(0.0)
-        qh = np.uint32(0)
-        if code == 2:
-            qh = _u32(row, o + 2)
-        elif code == 3:
-            qh = _u32(row, o + 4)
-        for i in range(16):
-            q = np.int32(row[o + qs + i])
-            v[b * 32 + i] = np.int16((q & 15) + (np.int32((qh >> np.uint32(i)) & np.uint32(1)) << 4) - off)
-            v[b * 32 + i + 16] = np.int16((q >> 4) + (np.int32((qh >> np.uint32(i + 16)) & np.uint32(1)) << 4) - off)
+        d[b] = _f16(row, b * bsz)
+        m[b] = _f16(row, b * bsz + 2) if code == 1 or code == 3 else np.float32(0.0)
+    if code == 4:                                              # Q8_0
+        lg_decode_8(row, nb, 34, 2, 0, 0, v)
+    elif code == 0:                                            # Q4_0
+        lg_decode_4(row, nb, 18, 2, 0, 8, v)
+    elif code == 1:                                            # Q4_1
+        lg_decode_4(row, nb, 20, 4, 0, 0, v)
+    elif code == 2:                                            # Q5_0
+        lg_decode_5(row, nb, 22, 6, 2, 16, v)
+    else:                                                      # Q5_1
+        lg_decode_5(row, nb, 24, 8, 4, 0, v)
 
 
 @jit
@@ -88,43 +72,23 @@ def _mm_legacy(w, code, n_in, a16, ad, asum, repacked, out):
     v = np.empty(n_in, np.int16)
     dw = np.empty(nb, np.float32)
     mw = np.empty(nb, np.float32)
-    pair = np.empty(n_in // 2, np.int32)
-    isum = np.empty((n_tok, nb * 8), np.int32)
+    af = a16.reshape(n_tok * n_in)
+    adf = ad.reshape(n_tok * nb)
     has_min = code == 1 or code == 3
+    res = np.empty(n_tok, np.float32)
     for o in range(n_out):
         _decode_row(w[o], code, nb, v, dw, mw)
-        # lane sums: isum[t, b*8 + j] = sum of v*a over values 4j..4j+3 of block b (exact int;
-        # pairs first, the pmaddwd pattern LLVM vectorizes)
+        # repacked: one accumulator over whole blocks; else 8 lanes + hsum_float_8 (lg_simd)
+        t = 0
+        while t + 4 <= n_tok:
+            lg_dot_4(v, 0, af, t * n_in, n_in, dw, 0, adf, t * nb, nb, nb, repacked, res, t)
+            t += 4
+        while t < n_tok:
+            lg_dot_1(v, 0, af, t * n_in, n_in, dw, 0, adf, t * nb, nb, nb, repacked, res, t)
+            t += 1
         for t in range(n_tok):
-            for i in range(n_in // 2):
-                pair[i] = (np.int32(v[2 * i]) * np.int32(a16[t, 2 * i])
-                           + np.int32(v[2 * i + 1]) * np.int32(a16[t, 2 * i + 1]))
-            for i in range(nb * 8):
-                isum[t, i] = pair[2 * i] + pair[2 * i + 1]
-        for t in range(n_tok):
-            if repacked:                                       # one accumulator, whole blocks
-                r = np.float32(0.0)
-                for b in range(nb):
-                    q = b * 8
-                    s = (((isum[t, q] + isum[t, q + 1]) + (isum[t, q + 2] + isum[t, q + 3]))
-                         + ((isum[t, q + 4] + isum[t, q + 5]) + (isum[t, q + 6] + isum[t, q + 7])))
-                    r = fma32(np.float32(s), dw[b] * ad[t, b], r)
-                out[t, o] = r
-                continue
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)   # 8 lanes of one __m256
-            for b in range(nb):
-                dd = dw[b] * ad[t, b]
-                q = b * 8
-                a0 = fma32(dd, np.float32(isum[t, q]), a0)
-                a1 = fma32(dd, np.float32(isum[t, q + 1]), a1)
-                a2 = fma32(dd, np.float32(isum[t, q + 2]), a2)
-                a3 = fma32(dd, np.float32(isum[t, q + 3]), a3)
-                a4 = fma32(dd, np.float32(isum[t, q + 4]), a4)
-                a5 = fma32(dd, np.float32(isum[t, q + 5]), a5)
-                a6 = fma32(dd, np.float32(isum[t, q + 6]), a6)
-                a7 = fma32(dd, np.float32(isum[t, q + 7]), a7)
-            r = ((a4 + a0) + (a6 + a2)) + ((a5 + a1) + (a7 + a3))  # hsum_float_8 / sgemm hsum
-            if has_min:
+            r = res[t]
+            if has_min and not repacked:
                 summs = np.float32(0.0)
                 for b in range(nb):
                     summs = fma32(mw[b], asum[t, b], summs)
@@ -166,6 +130,6 @@ def mul_mat_legacy(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray, repac
         asum = ad  # unused
     out = np.empty((xa.shape[0], w.shape[0]), np.float32)
     if xa.shape[0] and w.shape[0]:
-        _mm_legacy(w, code, n_in, aq.astype(np.int16), np.ascontiguousarray(ad, np.float32),
+        _mm_legacy(w, code, n_in, np.ascontiguousarray(aq, np.int16), np.ascontiguousarray(ad, np.float32),
                    np.ascontiguousarray(asum, np.float32), bool(repacked), out)
     return out
