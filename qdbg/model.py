@@ -1,14 +1,22 @@
 """Model: one GGUF file opened for the engine — its configuration and lazily dequantized weights.
 
-Opening reads only the header and tensor index (qdbg.gguf_file). A weight is dequantized the first
-time the engine asks for it and kept in a cache with a byte budget; the least recently used
-weights are dropped first, so models too big to hold dequantized still run.
+Opening reads only the header and tensor index (qdbg.gguf_file). Exact mode reads each weight's
+bytes straight from the file's read-only map; the pages of the map a process touches count in its
+memory (RSS), so `ResidentPages` hands the pages of the least recently used weights back to the
+kernel once more than QDBG_RESIDENT_BYTES of them were touched (they stay in the page cache and
+come back on the next use): memory follows the largest weights in use, not the model's size.
+The approximate modes dequantize a weight the first time the engine asks for it and keep it in a
+cache with a byte budget (QDBG_CACHE_BYTES); the least recently used weights are dropped first,
+so models too big to hold dequantized still run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import mmap
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,61 @@ from qdbg.engine.weights import Weight
 from qdbg.errors import GGUFError, QdbgError
 
 DEFAULT_CACHE_BYTES = int(os.environ.get("QDBG_CACHE_BYTES", 4 << 30))
+DEFAULT_RESIDENT_BYTES = int(os.environ.get("QDBG_RESIDENT_BYTES", 256 << 20))
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4  # Linux
+
+
+def _release_pages(raw: np.ndarray) -> bool:
+    """madvise(MADV_DONTNEED) the whole pages inside a read-only file map view: they leave the
+    process's RSS (the kernel keeps them in its page cache; the next read maps them again, same
+    bytes). False where this is not available (not Linux)."""
+    if not sys.platform.startswith("linux") or raw.size == 0:
+        return False
+    start = raw.__array_interface__["data"][0]
+    lo = -(-start // _PAGE) * _PAGE                    # whole pages only: neighbours keep theirs
+    hi = (start + raw.nbytes) // _PAGE * _PAGE
+    if hi <= lo:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED) == 0
+
+
+def _is_file_map(raw: np.ndarray) -> bool:
+    """Whether `raw` is a view of an mmap (releasing pages of any other memory would lose data)."""
+    base = raw
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    return isinstance(base, mmap.mmap)
+
+
+class ResidentPages:
+    """Which weights' mapped bytes were read recently, bounded in bytes (least recently used first
+    out); a weight pushed out has its pages released from the process (`_release_pages`)."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.released = 0  # how many times a weight's pages were handed back
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def touch(self, name: str, raw: np.ndarray | None) -> None:
+        """`name`'s bytes are about to be read: make it the most recent; release the oldest over budget."""
+        if raw is None or not _is_file_map(raw):
+            return
+        if name in self._items:
+            self._items.move_to_end(name)
+            return
+        self._items[name] = raw
+        self.used += raw.nbytes
+        while self.used > self.budget and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self.used -= old.nbytes
+            if _release_pages(old):
+                self.released += 1
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
 
 
 class WeightCache:
@@ -60,7 +123,8 @@ class WeightCache:
 class Model:
     """A GGUF model: `config`, `tensors` (the index) and `weight(name)` (dequantized on demand)."""
 
-    def __init__(self, path: str | os.PathLike, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, path: str | os.PathLike, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 resident_bytes: int = DEFAULT_RESIDENT_BYTES) -> None:
         from qdbg.gguf_file import GGUFFile
 
         self.path = Path(path)
@@ -70,6 +134,7 @@ class Model:
             self.gguf.metadata, {n: t.shape for n, t in self.gguf.tensors.items()}, where
         )
         self.cache = WeightCache(cache_bytes)
+        self.resident = ResidentPages(resident_bytes)
         # matrices are held as exact float64 copies when all of them fit the budget that way (no
         # conversion per product); otherwise as float32, so twice the model fits before eviction
         n_matrix = sum(t.n_elements for t in self.gguf.tensors.values() if len(t.shape) == 2)
@@ -125,6 +190,7 @@ class Model:
             w = Weight(name, info.qtype, raw=self.gguf.raw(name), shape=tuple(info.shape),
                        load=lambda: self.values(name))
             self._weights[name] = w
+        self.resident.touch(name, w.raw)
         return w
 
     def values(self, name: str) -> np.ndarray:
