@@ -147,11 +147,19 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ref", metavar="R.gguf", help="a higher-precision reference (F16, Q8_0)")
     _add_numerics_args(p)
     p.add_argument("--break", dest="breaks", action="append", metavar="EXPR",
-                   help="breakpoint condition, e.g. 'rel_rms > 0.01' (repeatable)")
+                   help="breakpoint condition, e.g. 'rel_rms > 0.01': stops where it becomes true (repeatable)")
+    p.add_argument("--break-every", dest="breaks_every", action="append", metavar="EXPR",
+                   help="breakpoint that stops at every op where the condition holds (repeatable)")
+    p.add_argument("--scope", default="last", metavar="last|all|POS",
+                   help="token positions the metrics cover: the last (default), all, or one position")
+    p.add_argument("--patch", dest="patches", action="append", metavar="GLOB=SIDE",
+                   help="tensors matching GLOB come from SIDE on the other side(s), e.g. 'blk.7.*=B' (repeatable)")
+    p.add_argument("--resync", dest="resyncs", action="append", metavar="OP_GLOB",
+                   help="after ops matching OP_GLOB, A continues from B's output, e.g. 'l_out-*' (repeatable)")
 
 
 def _print_json(obj: object) -> None:
-    """Strict JSON on one line (non-finite floats as the strings 'nan', 'inf', '-inf')."""
+    """Strict JSON on one line (non-finite floats as {"$float": "nan" | "inf" | "-inf"})."""
     from qdbg.cli_run import jsonable
 
     sys.stdout.write(json.dumps(jsonable(obj), indent=None, separators=(",", ":"), allow_nan=False) + "\n")
@@ -376,17 +384,31 @@ def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
         pieces = models["A"].tokenizer.piece
     except QdbgError:
         pieces = None
-    s = Session(models, ids, mode=args.mode, pieces=pieces, settings=settings_from_args(args))
+    s = Session(models, ids, mode=args.mode, pieces=pieces, settings=settings_from_args(args),
+                scope=getattr(args, "scope", "last"), patches=getattr(args, "patches", None) or (),
+                resyncs=getattr(args, "resyncs", None) or ())
     s.prompt_text = getattr(args, "prompt", None)
-    for expr in args.breaks or []:
-        s.breakpoints.add(expr)
+    _add_breaks(s, args)
     return s, {lab: m.path.name for lab, m in models.items()}
+
+
+def _add_breaks(s, args: argparse.Namespace) -> None:
+    """--break (edge) and --break-every (level) conditions, each checked against the ops that exist."""
+    for expr in args.breaks or []:
+        s.add_breakpoint(expr)
+    for expr in getattr(args, "breaks_every", None) or []:
+        s.add_breakpoint(expr, every=True)
 
 
 def _check_run_args(args: argparse.Namespace) -> int:
     """`run`'s option checks, all before any model is opened; the trace budget in bytes."""
     if args.gen < 0:
         raise UsageError(f"--gen {args.gen}: give 0 or more tokens to decode")
+    if args.max_stops is not None and args.max_stops < 1:
+        raise UsageError(f"--max-stops {args.max_stops}: give 1 or more")
+    from qdbg.scope import parse_scope
+
+    parse_scope(args.scope)
     if args.text is not None and args.driver != "text":
         raise UsageError("--text is the continuation for --driver text; add --driver text")
     if args.driver == "text" and args.text is None:
@@ -426,7 +448,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qdbg.cli_progress import progress_bar
 
     with progress_bar("run") as progress:
-        stops = run_session(s, gen=args.gen, driver=args.driver, text_tokens=forced, progress=progress)
+        stops = run_session(s, gen=args.gen, driver=args.driver, text_tokens=forced, progress=progress,
+                            max_stops=args.max_stops)
     if args.trace:
         from qdbg.trace import save_trace
 
@@ -452,8 +475,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from qdbg.trace import open_replay
 
     r = open_replay(_existing_file(args.trace))
-    for expr in args.breaks or []:
-        r.breakpoints.add(expr)
+    _add_breaks(r, args)
     if args.headless or args.json:
         from qdbg.cli_run import print_results, run_session
 
@@ -563,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="FILE", help="save the session as a trace")
     p.add_argument("--trace-budget", default=None, metavar="SIZE",
                    help="bytes of full tensors a trace may hold (e.g. 64M, 1G; default 64M)")
+    p.add_argument("--max-stops", type=int, default=None, metavar="N",
+                   help="stop the run after N breakpoint stops (the final comparison is of what ran)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_run)
 

@@ -2,7 +2,10 @@
 
 Part of the CLI layer (it prints with Rich). The JSON document is
 {"stops": [{"op", "layer", "pass", "breakpoints", "metrics", "logits"?}], "breakpoints": [{"id", "expr",
-"hits", ...}], "final": {...}, "tokens": [...]}. "pass" is the 0-based forward pass (one llama_decode
+"hits", "every", ...}], "final": {..., "r_top_k"?, "A~R"?, "B~R"?}, "flips": [every flipped (pass,
+position) with margins, swing, noise and verdict], "findings": {...} (qdbg.findings), "scope",
+"interventions", "tokens": [...], "text": the decoded continuation or null}. Non-finite numbers are
+{"$float": "nan" | "inf" | "-inf"}, as in traces. "pass" is the 0-based forward pass (one llama_decode
 micro-batch), the word the report and the TUI use; the trace file's record field keeps its name `step`
 (docs/TRACE_FORMAT.md). Token pieces are text, or null where a piece's bytes are not UTF-8, with the
 bytes in hex beside them ("piece_bytes").
@@ -11,28 +14,26 @@ bytes in hex beside them ("piece_bytes").
 from __future__ import annotations
 
 import json
-import math
 import sys
+from dataclasses import asdict
 from typing import Any, Callable
 
 from qdbg.breakpoints import variables_from
 from qdbg.progress import Progress
+from qdbg.records import LogitsPosition, PairMetrics
 from qdbg.session import Session, Stop
 
-STOP_METRICS = ("rel_rms", "sqnr", "cos", "max_abs", "mean_abs", "max_rel", "sign_flips", "amp")
-STOP_LOGITS = ("flip", "top1_agree", "kl_ab", "kl_ba", "js", "topk_overlap", "rank", "margin_a", "margin_b")
+STOP_METRICS = tuple(PairMetrics.variables())   # the breakpoint variables of the pair metrics
+STOP_LOGITS = tuple(LogitsPosition.variables()) + tuple(LogitsPosition.SIDE_VARIABLES)
 TABLE_METRICS = ("rel_rms", "sqnr", "cos", "max_rel", "amp")
 
 
 def jsonable(x: Any) -> Any:
-    """Strict JSON: non-finite floats become the strings 'inf', '-inf', 'nan'."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    return x
+    """Strict JSON, the one encoding qdbg writes everywhere (qdbg.records.to_json_value):
+    a non-finite float is {"$float": "nan" | "inf" | "-inf"}."""
+    from qdbg.records import to_json_value
+
+    return to_json_value(x)
 
 
 def stop_json(st: Stop) -> dict[str, Any]:
@@ -68,24 +69,70 @@ def _piece_fields(s: Session) -> Callable[[dict], dict]:
 
 
 def final_json(s: Session) -> dict[str, Any]:
-    f = s.final() or {}
-    pos = (f.get("positions") or [{}])[-1]
+    """The last pass's comparison at its last position: A's, B's (and R's) top-k, the A~B figures,
+    and with R the A~R and B~R figures (KL, top-1 agreement)."""
+    f = s.final()
+    pos = f.positions[-1].to_json() if f is not None and f.positions else {}
     a, b = pos.get("a") or {}, pos.get("b") or {}
     fix = _piece_fields(s)
-    return {
+    out = {
+        "pass": None, "position": pos.get("pos"),
         "a_top_k": [fix(e) for e in a.get("top", [])], "b_top_k": [fix(e) for e in b.get("top", [])],
         "top1_agree": pos.get("top1_agree"), "kl_ab": pos.get("kl_ab"), "kl_ba": pos.get("kl_ba"),
         "js": pos.get("js"), "topk_overlap": pos.get("topk_overlap"),
         "rank_b_of_a_top1": pos.get("rank_b_of_a_top1"), "margin_a": a.get("margin"),
-        "margin_b": b.get("margin"), "flip_positions": f.get("flip_positions", []),
+        "margin_b": b.get("margin"), "flip_positions": [] if f is None else list(f.flip_positions),
     }
+    rec = next((r for r in reversed(s.history) if r.logits), None)
+    if rec is not None:
+        out["pass"] = rec.step
+        for key in ("A~R", "B~R"):
+            q = rec.logits.get(key)
+            if q is not None and q.positions:
+                p = q.positions[-1]
+                if key == "A~R":
+                    out["r_top_k"] = [fix(e) for e in p.b.top]
+                out[key] = {"top1_agree": p.top1_agree, "kl": p.kl_ab, "kl_r": p.kl_ba, "js": p.js,
+                            "rank_r_of_top1": p.rank_b_of_a_top1, "rel_rms": rec.pairs[key].rel_rms}
+    return out
+
+
+def flips_json(s: Session) -> list[dict[str, Any]]:
+    """Every flipped (pass, position) of A vs B in the run, with margins, swing and verdict."""
+    from qdbg.findings import flips
+
+    fix = _piece_fields(s)
+    out = []
+    for f in flips(s.history):
+        if f.flip:
+            d = asdict(f)
+            for side in ("a", "b", "r"):
+                if d[f"{side}_id"] is not None:
+                    e = fix({"id": d[f"{side}_id"], "piece": d[f"{side}_piece"]})
+                    d[f"{side}_piece"] = e["piece"]
+                    if "piece_bytes" in e:
+                        d[f"{side}_piece_bytes"] = e["piece_bytes"]
+            out.append(d)
+    return out
+
+
+def decoded_text(s: Session) -> str | None:
+    """The decoded continuation (tokens after the prompt) as text; None when nothing was decoded."""
+    new = s.tokens[len(s.prompt):]
+    if not new:
+        return None
+    try:
+        return s.models["A"].tokenizer.decode(new)
+    except Exception:  # a replay has no tokenizer: join the recorded pieces
+        return "".join(str(s.pieces.get(t, f"<{t}>")) if isinstance(s.pieces, dict) else f"<{t}>" for t in new)
 
 
 def run_session(s: Session, gen: int = 0, driver: str = "a", text_tokens=None,
-                progress: Progress | None = None) -> list[Stop]:
+                progress: Progress | None = None, max_stops: int | None = None) -> list[Stop]:
     """Continue to every breakpoint and through `gen` decoded tokens; the stops, in order.
 
-    `progress` (qdbg.progress) hears of each layer of each pass (a live Session only).
+    `progress` (qdbg.progress) hears of each layer of each pass (a live Session only). After
+    `max_stops` stops the run ends there (what ran is what the final comparison shows).
     """
     if gen:
         s.decode(gen, driver, text_tokens)
@@ -96,6 +143,8 @@ def run_session(s: Session, gen: int = 0, driver: str = "a", text_tokens=None,
         if st.reason != "breakpoint":
             break
         stops.append(st)
+        if max_stops is not None and len(stops) >= max_stops:
+            break
     return stops
 
 
@@ -126,9 +175,13 @@ def _fmt(v: Any) -> str:
 
 def print_results(s: Session, stops: list[Stop], as_json: bool, names: dict[str, str]) -> None:
     if as_json:
-        doc = {"models": names, "mode": s.mode, "numerics": s.numerics_info(),
-               "tokens": s.tokens, "breakpoints": [b.to_json() for b in s.breakpoints],
-               "stops": [stop_json(st) for st in stops], "final": final_json(s)}
+        from qdbg.findings import Findings
+
+        doc = {"models": names, "mode": s.mode, "numerics": s.numerics_info(), "scope": s.scope.to_json(),
+               "interventions": s.interventions(),
+               "tokens": s.tokens, "text": decoded_text(s), "breakpoints": [b.to_json() for b in s.breakpoints],
+               "stops": [stop_json(st) for st in stops], "final": final_json(s), "flips": flips_json(s),
+               "findings": Findings.of(s.history).to_json()}
         sys.stdout.write(json.dumps(jsonable(doc), allow_nan=False) + "\n")
         return
     from qdbg.cli_progress import plain_table, stdout_console
@@ -136,7 +189,12 @@ def print_results(s: Session, stops: list[Stop], as_json: bool, names: dict[str,
     con = stdout_console()
     con.print(f"A = {names['A']}   B = {names['B']}" + (f"   R = {names['R']}" if "R" in names else "")
               + f"   {len(s.tokens)} tokens", highlight=False)
-    con.print(f"numerics: {s.numerics_text()}", highlight=False)
+    con.print(f"numerics: {s.numerics_text()}   scope: {s.scope}", highlight=False)
+    for iv in s.interventions():
+        con.print(f"intervention: {iv['label']}", highlight=False)
+    text = decoded_text(s)
+    if text is not None:
+        con.print(f"decoded: {text!r}", highlight=False)
     for bp in s.breakpoints:
         con.print(f"breakpoint {bp.id}: {bp.expr}   hits {bp.hits}" + ("" if bp.enabled else "   (disabled)"),
                   highlight=False)
@@ -150,18 +208,41 @@ def print_results(s: Session, stops: list[Stop], as_json: bool, names: dict[str,
     else:
         con.print("no breakpoint stopped the run")
     f = final_json(s)
+    r_top = f.get("r_top_k")
     t = plain_table("#", "A token", "A logit", "A prob", "B token", "B logit", "B prob",
-                    title="final top-k (last position)")
+                    *(("R token", "R logit", "R prob") if r_top else ()),
+                    title=f"final top-k (pass {_fmt(f['pass'])}, position {_fmt(f['position'])})")
     for i, (a, b) in enumerate(zip(f["a_top_k"], f["b_top_k"])):
+        r = r_top[i] if r_top and i < len(r_top) else None
         t.add_row(str(i + 1), _token(a), _fmt(a["logit"]), _fmt(a.get("prob")),
-                  _token(b), _fmt(b["logit"]), _fmt(b.get("prob")))
+                  _token(b), _fmt(b["logit"]), _fmt(b.get("prob")),
+                  *((_token(r), _fmt(r["logit"]), _fmt(r.get("prob"))) if r else (("", "", "") if r_top else ())))
     con.print(t)
     verdict = "[bold green]top-1 agrees[/]" if f["top1_agree"] else "[bold red]TOP-1 FLIP[/]"
     con.print(f"{verdict}   KL(A||B) {_fmt(f['kl_ab'])}   KL(B||A) {_fmt(f['kl_ba'])}   JS {_fmt(f['js'])}   "
               f"overlap {_fmt(f['topk_overlap'])}   rank of A's top-1 in B {_fmt(f['rank_b_of_a_top1'])}   "
               f"margins A {_fmt(f['margin_a'])} B {_fmt(f['margin_b'])}", highlight=False)
-    if f["flip_positions"]:
-        con.print(f"top-1 differs at positions {f['flip_positions']}", highlight=False)
+    for key in ("A~R", "B~R"):
+        if key in f:
+            q = f[key]
+            con.print(f"{key}: top-1 {'agrees' if q['top1_agree'] else 'DIFFERS'}   KL({key[0]}||R) {_fmt(q['kl'])}   "
+                      f"KL(R||{key[0]}) {_fmt(q['kl_r'])}   JS {_fmt(q['js'])}   rel_rms {_fmt(q['rel_rms'])}",
+                      highlight=False)
+    flips = flips_json(s)
+    if flips:
+        t = plain_table("pass", "pos", "A picks", "B picks", "margin A", "margin B", "swing", "noise", "verdict",
+                        *(("R picks",) if any(x["r_id"] is not None for x in flips) else ()),
+                        title=f"top-1 flips ({len(flips)})")
+        for x in flips:
+            tok = {side: _token({"id": x[f"{side}_id"], "piece": x[f"{side}_piece"],
+                                 "piece_bytes": x.get(f"{side}_piece_bytes")}) for side in ("a", "b", "r")}
+            t.add_row(str(x["step"]), str(x["pos"]), tok["a"], tok["b"], _fmt(x["margin_a"]), _fmt(x["margin_b"]),
+                      _fmt(x["swing"]), _fmt(x["noise"]), x["verdict"],
+                      *((tok["r"] if x["r_id"] is not None else "-",)
+                        if any(y["r_id"] is not None for y in flips) else ()))
+        con.print(t)
+    else:
+        con.print("no top-1 flip at any measured position (scope: {})".format(s.scope), highlight=False)
 
 
 def _token(e: dict) -> str:

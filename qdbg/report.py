@@ -16,17 +16,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from qdbg.findings import N_AMP, NEAR_TIE_SIGMAS, THRESHOLDS, Findings  # noqa: F401
 from qdbg.records import Record
 from qdbg.scope import ALL as SCOPE_ALL, LAST as SCOPE_LAST, Scope
 from qdbg.session import Session
 from qdbg.trace import Trace, snapshot
 from qdbg.util import write_text
 
-THRESHOLDS = (("rel_rms", ">", 0.01), ("rel_rms", ">", 0.05), ("rel_rms", ">", 0.1),
-              ("sqnr", "<", 30.0), ("sqnr", "<", 20.0))
 N_FIRST = 4          # leading values shown per op
-N_AMP = 5            # amplifiers listed
-NEAR_TIE_SIGMAS = 3.0
 COLLAPSE_LAYERS = 10  # more layer groups than this: each in a <details> block
 
 
@@ -298,143 +295,107 @@ def _topk(tr: Trace, rec: Record) -> list[str]:
 
 # ---- findings --------------------------------------------------------------------------------
 
-def _crossings(tr: Trace) -> list[str]:
-    keys = [k for k in ("A~B", "A~R", "B~R") if any(k in r.pairs for r in tr.records)]
+def _crossings(tr: Trace, f: Findings) -> list[str]:
+    keys = list(dict.fromkeys(c.key for c in f.crossings))
     rows = []
     for metric, op, thr in THRESHOLDS:
         row = [f"{metric} {op} {thr:g}" + (" dB" if metric == "sqnr" else "")]
         fmt = ".1f" if metric == "sqnr" else ".4g"
-        for k in keys:
-            hit = next((r for r in tr.records if isinstance(v := _get(r, k, metric), (int, float))
-                        and v == v and (v > thr if op == ">" else v < thr)), None)
-            row.append("never" if hit is None else
-                       f"{_code(hit.name)} (pass {hit.step}, {num(_get(hit, k, metric), fmt)})")
+        for c in f.crossings:
+            if (c.metric, c.op, c.threshold) == (metric, op, thr):
+                row.append("never" if c.name is None else f"{_code(c.name)} (pass {c.step}, {num(c.value, fmt)})")
         rows.append(row)
     return ["### First op over each threshold", ""] + table(["threshold"] + keys, rows)
 
 
-def _amplifiers(tr: Trace) -> list[str]:
-    amps = [(a, r) for r in tr.records if isinstance(a := _get(r, "A~B", "amp"), float) and math.isfinite(a)]
-    amps.sort(key=lambda t: (-t[0], t[1].index))
+def _amplifiers(f: Findings) -> list[str]:
     out = ["### Largest amplifiers (A vs B)", ""]
-    if not amps:
+    if not f.amplifiers:
         return out + ["No op amplifies a measurable input error.", ""]
-    rows = []
-    for a, r in amps[:N_AMP]:
-        rr = _get(r, "A~B", "rel_rms")
-        inp = rr / a if isinstance(rr, (int, float)) and a else None
-        rows.append([_code(r.name), str(r.step), num(a, ".3g"), num(inp), num(rr)])
+    rows = [[_code(a.name), str(a.step), num(a.amp, ".3g"), num(a.input_rel_rms), num(a.rel_rms)]
+            for a in f.amplifiers]
     return out + table(["op", "pass", "amp", "input rel_rms", "output rel_rms"], rows)
 
 
-def _nonfinite(tr: Trace) -> list[str]:
-    for r in tr.records:
-        bad = [(lab, s.get("nan_count", 0), s.get("inf_count", 0)) for lab, s in r.stats.items()
-               if s.get("nan_count", 0) or s.get("inf_count", 0)]
-        if bad:
-            what = "; ".join(f"{lab}: {n} NaN, {i} Inf" for lab, n, i in bad)
-            return [f"- **Non-finite values** first appear at {_code(r.name)} (pass {r.step}): {what}.", ""]
-    return ["- No NaN or Inf in any recorded op (within the scope).", ""]
+def _nonfinite(f: Findings) -> list[str]:
+    nf = f.nonfinite
+    if nf is None:
+        return ["- No NaN or Inf in any recorded op (within the scope).", ""]
+    what = "; ".join(f"{lab}: {n} NaN, {i} Inf" for lab, (n, i) in nf.counts.items())
+    return [f"- **Non-finite values** first appear at {_code(nf.name)} (pass {nf.step}): {what}.", ""]
 
 
-def _flip_lines(tr: Trace) -> list[str]:
+VERDICTS = {"near-tie": "**near-tie**: the swing is within 3·√2·rms = {noise} of noise",
+            "decisive": "**decisive**: the swing is {sigmas}σ of the noise; the error is concentrated on these tokens",
+            "unweighable": "cannot be weighed (non-finite logits)",
+            "safe": "margin well above the noise.",
+            "fragile": "fragile: margin within 3·√2·rms of the noise."}
+
+
+def _flip_lines(tr: Trace, f: Findings) -> list[str]:
     out = []
+    by_step: dict[int, list] = {}
+    for fl in f.flips:
+        by_step.setdefault(fl.step, []).append(fl)
     for rec in tr.records:
         ab = (rec.logits or {}).get("A~B")
-        if not ab:
+        if not ab or rec.step not in by_step:
             continue
-        rr, rmsb = _get(rec, "A~B", "rel_rms"), (rec.stats.get("B") or {}).get("rms")
-        e = rr * rmsb if isinstance(rr, float) and isinstance(rmsb, float) else None
-        noise = None if e is None or not math.isfinite(e) else NEAR_TIE_SIGMAS * math.sqrt(2.0) * e
-        err = f"logit error rms {num(e, '.3g')} (rel_rms {num(rr, '.3g')})"
-        poss = ab["positions"]
-        show = [i for i, p in enumerate(poss) if p.get("flip")] or [len(poss) - 1]
-        for i in show:
-            p = poss[i]
-            where = f"Pass {rec.step}, position {num(_abs_pos(tr, rec, i))}"
-            at, bt = p["a"]["top"], p["b"]["top"]
-            if not at or not bt:
-                continue
-            x, y = at[0], bt[0]
-            ma, mb = p["a"].get("margin"), p["b"].get("margin")
-            margins = f"A's top-2 margin {num(ma, '.3g')}, B's {num(mb, '.3g')}"
-            if p.get("flip"):
-                ga = next((x["logit"] - t["logit"] for t in at if t["id"] == y["id"]), ma)
-                gb = next((y["logit"] - t["logit"] for t in bt if t["id"] == x["id"]), mb)
-                swing = ga + gb if isinstance(ga, float) and isinstance(gb, float) else None
-                if swing is None or noise is None or not math.isfinite(swing):
-                    verdict = "cannot be weighed (non-finite logits)"
-                elif swing <= noise:
-                    verdict = f"**near-tie**: the swing is within 3·√2·rms = {num(noise, '.3g')} of noise"
-                else:
-                    verdict = (f"**decisive**: the swing is {num(swing / (noise / NEAR_TIE_SIGMAS) if noise > 0 else math.inf, '.3g')}σ "
-                               f"of the noise; the error is concentrated on these tokens")
-                out.append(f"- {where}: **top-1 flipped** — A picks {_piece(x.get('piece'))} ({x['id']}), "
-                           f"B picks {_piece(y.get('piece'))} ({y['id']}). {margins}; the gap between the two "
-                           f"candidates swings by {num(swing, '.3g')} logits between the sides, against a {err} "
+        shown = by_step.pop(rec.step)
+        for j, fl in enumerate(shown):
+            where = f"Pass {fl.step}, position {num(fl.pos)}"
+            err = f"logit error rms {num(fl.logit_error, '.3g')} (rel_rms {num(rec.pair.rel_rms, '.3g')})"
+            margins = f"A's top-2 margin {num(fl.margin_a, '.3g')}, B's {num(fl.margin_b, '.3g')}"
+            sig = fl.swing / (fl.noise / NEAR_TIE_SIGMAS) if fl.swing is not None and fl.noise else math.inf
+            verdict = VERDICTS[fl.verdict].format(noise=num(fl.noise, ".3g"), sigmas=num(sig, ".3g"))
+            if fl.flip:
+                out.append(f"- {where}: **top-1 flipped** — A picks {_piece(fl.a_piece)} ({fl.a_id}), "
+                           f"B picks {_piece(fl.b_piece)} ({fl.b_id}). {margins}; the gap between the two "
+                           f"candidates swings by {num(fl.swing, '.3g')} logits between the sides, against a {err} "
                            f"⇒ {verdict}.")
             else:
-                safe = (ma is not None and noise is not None and math.isfinite(ma) and ma > noise)
-                out.append(f"- {where}: no flip — both pick {_piece(x.get('piece'))} ({x['id']}). "
-                           f"{margins} vs a {err} ⇒ " + ("margin well above the noise." if safe else
-                                    "fragile: margin within 3·√2·rms of the noise."))
-            if len(poss) > 1 and i == show[-1] and ab.get("flip_positions"):
-                out[-1] += f" ({len(ab['flip_positions'])} of {len(poss)} positions flip in this pass.)"
+                out.append(f"- {where}: no flip — both pick {_piece(fl.a_piece)} ({fl.a_id}). "
+                           f"{margins} vs a {err} ⇒ {verdict}")
+            if len(ab.positions) > 1 and j == len(shown) - 1 and ab.flip_positions:
+                out[-1] += f" ({len(ab.flip_positions)} of {len(ab.positions)} positions flip in this pass.)"
         for k in ("A~R", "B~R"):
             q = (rec.logits or {}).get(k)
-            if q and q["positions"]:
-                n = sum(1 for p in q["positions"] if p.get("top1_agree"))
-                out.append(f"  - {k[0]} agrees with R's top-1 at {n} of {len(q['positions'])} position(s) "
-                           f"(KL({k[0]}‖R) {num(q['positions'][-1].get('kl_ab'), '.3g')} at the last).")
+            if q and q.positions:
+                n = sum(1 for p in q.positions if p.top1_agree)
+                out.append(f"  - {k[0]} agrees with R's top-1 at {n} of {len(q.positions)} position(s) "
+                           f"(KL({k[0]}‖R) {num(q.positions[-1].kl_ab, '.3g')} at the last).")
     return (["### Top-1 flips", ""] + out + [""]) if out else ["- No logits recorded yet.", ""]
 
 
-def _closer_to_r(tr: Trace) -> list[str]:
-    both = [r for r in tr.records if isinstance(_get(r, "A~R", "rel_rms"), float)
-            and isinstance(_get(r, "B~R", "rel_rms"), float)]
-    if not both:
+def _closer_to_r(f: Findings) -> list[str]:
+    c = f.closer_to_r
+    if c is None:
         return []
-    win = {r.index: _closer(_get(r, "A~R", "rel_rms"), _get(r, "B~R", "rel_rms")) for r in both}
-    na, nb = sum(w == "A" for w in win.values()), sum(w == "B" for w in win.values())
-    best = "A" if na > nb else ("B" if nb > na else None)
-    lout = [r for r in both if r.layer is not None and r.name == f"l_out-{r.layer}"]
     out = ["### Closer to R", ""]
-    head = (f"{best} stays closer to R" if best else "Neither side is consistently closer to R") + \
-        f": A at {na} and B at {nb} of {len(both)} ops"
-    if lout:
-        lw = [win[r.index] for r in lout]
-        last = lout[-1]
-        head += (f"; at the layer outputs A at {lw.count('A')}, B at {lw.count('B')} of {len(lout)} "
-                 f"(last, {_code(last.name)} pass {last.step}: rel_rms A~R {num(_get(last, 'A~R', 'rel_rms'))} "
-                 f"vs B~R {num(_get(last, 'B~R', 'rel_rms'))})")
-    lg = next((r.logits for r in reversed(tr.records) if r.logits and "A~R" in r.logits and "B~R" in r.logits), None)
-    if lg and lg["A~R"]["positions"] and lg["B~R"]["positions"]:
-        pa, pb = lg["A~R"]["positions"][-1], lg["B~R"]["positions"][-1]
-        head += (f"; at the last logits KL(R‖A) {num(pa.get('kl_ba'), '.3g')} vs KL(R‖B) "
-                 f"{num(pb.get('kl_ba'), '.3g')}")
+    head = (f"{c.best} stays closer to R" if c.best else "Neither side is consistently closer to R") + \
+        f": A at {c.n_a} and B at {c.n_b} of {c.n_ops} ops"
+    if c.last_layer_output:
+        lo, last = c.layer_outputs, c.last_layer_output
+        head += (f"; at the layer outputs A at {lo['A']}, B at {lo['B']} of {lo['n']} "
+                 f"(last, {_code(last['op'])} pass {last['pass']}: rel_rms A~R {num(last['a_r'])} "
+                 f"vs B~R {num(last['b_r'])})")
+    if c.kl_r_a is not None or c.kl_r_b is not None:
+        head += f"; at the last logits KL(R‖A) {num(c.kl_r_a, '.3g')} vs KL(R‖B) {num(c.kl_r_b, '.3g')}"
     out.append(f"- {head}.")
-    if best:
-        other = "B" if best == "A" else "A"
-        names = [f"{_code(r.name)}" + (f" (pass {r.step})" if r.step else "") for r in both if win[r.index] == other]
+    if c.best:
+        names = c.b_closer_at if c.best == "A" else c.a_closer_at
+        other = "B" if c.best == "A" else "A"
         if names:
-            out.append(f"- {other} is closer at: {', '.join(names[:8])}" + (" …" if len(names) > 8 else "") + ".")
+            n_other = c.n_b if c.best == "A" else c.n_a
+            out.append(f"- {other} is closer at: {', '.join(_code_label(n) for n in names)}"
+                       + (" …" if n_other > len(names) else "") + ".")
     return out + [""]
 
 
-def _flagged(tr: Trace) -> set[int]:
-    """Indices of the records the findings name: threshold crossings, top amplifiers, first NaN/Inf."""
-    out: set[int] = set()
-    for k in ("A~B", "A~R", "B~R"):
-        for metric, op, thr in THRESHOLDS:
-            hit = next((r for r in tr.records if isinstance(v := _get(r, k, metric), (int, float))
-                        and v == v and (v > thr if op == ">" else v < thr)), None)
-            if hit is not None:
-                out.add(hit.index)
-    amps = [(a, r.index) for r in tr.records if isinstance(a := _get(r, "A~B", "amp"), float) and math.isfinite(a)]
-    out.update(i for _, i in sorted(amps, key=lambda t: (-t[0], t[1]))[:N_AMP])
-    out.update(next(([r.index] for r in tr.records if any(
-        s.get("nan_count") or s.get("inf_count") for s in r.stats.values())), []))
-    return out
+def _code_label(label: str) -> str:
+    """'name (pass 3)' with the name in code style."""
+    name, sep, rest = label.partition(" (")
+    return _code(name) + (f" ({rest}" if sep else "")
 
 
 # ---- assembly --------------------------------------------------------------------------------
@@ -448,8 +409,9 @@ def render_report(obj: Trace | Session, *, max_detail_passes: int = 2) -> str:
     out = [f"# qdbg report: A = {a} vs B = {b}", ""] + _config(tr)
     if not tr.records:
         return "\n".join(out + ["No ops recorded yet.", ""])
-    out += ["## Findings", ""] + _nonfinite(tr) + _flip_lines(tr) + _closer_to_r(tr) + _crossings(tr) + _amplifiers(tr)
-    flagged = _flagged(tr)
+    f = Findings.of(tr.records)
+    out += ["## Findings", ""] + _nonfinite(f) + _flip_lines(tr, f) + _closer_to_r(f) + _crossings(tr, f) + _amplifiers(f)
+    flagged = f.flagged()
     steps = sorted({r.step for r in tr.records})
     detail = set([steps[0], steps[-1]][:max(0, max_detail_passes)])
     for s in steps:

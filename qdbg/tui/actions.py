@@ -53,7 +53,8 @@ def run_verb(session: Any, verb: str, arg: Any, should_stop: Callable[[], bool])
 
 def find_op(history: list, cursor: int, target: str, wrap: bool) -> Any:
     """The first op after `cursor` (then from the start, if `wrap`) whose name is `target` or
-    matches it as a glob, or whose layer is `target` when it is a number; None if none does."""
+    matches it as a glob, that reads the GGUF tensor `target` (`blk.7.ffn_down.weight`), or whose
+    layer is `target` when it is a number; None if none does."""
     if target.strip().isdigit():
         layer = int(target)
 
@@ -61,7 +62,7 @@ def find_op(history: list, cursor: int, target: str, wrap: bool) -> Any:
             return r.layer == layer
     else:
         def want(r: Any) -> bool:
-            return r.name == target or fnmatch.fnmatchcase(r.name, target)
+            return r.name == target or fnmatch.fnmatchcase(r.name, target) or r.weight == target
     order = history[cursor + 1:] + (history[: cursor + 1] if wrap else [])
     return next((r for r in order if want(r)), None)
 

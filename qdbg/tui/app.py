@@ -276,7 +276,7 @@ class QdbgApp(App[None]):
 
     def action_goto(self) -> None:
         if self._can_act():
-            self.push_screen(PromptScreen("go to op", "an op name (ffn_up-3), a glob (ffn_*-5) or a layer number",
+            self.push_screen(PromptScreen("go to op", "an op (ffn_up-3), a glob (ffn_*-5), a tensor (blk.3.ffn_down.weight) or a layer",
                                           placeholder="ffn_out-1"), self.goto)
 
     def goto(self, target: str | None) -> None:
@@ -341,9 +341,12 @@ class QdbgApp(App[None]):
         if self.session is None:
             return
         try:
-            bp = self.session.breakpoints.add(msg.expr)
+            bp = self.session.add_breakpoint(msg.expr)  # parsed, and checked against the ops that exist
         except ExpressionError as e:
             pane.show_error(msg.expr, bare_message(e), e.column)
+            return
+        except QdbgError as e:
+            pane.show_error(msg.expr, bare_message(e), 0)
             return
         pane.accept()
         self._set_state(f"breakpoint #{bp.id} added")

@@ -10,6 +10,7 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from qdbg.findings import flips
 from qdbg.tui.fmt import lines, num, pct, piece_of, piece_text, row
 
 EMPTY = "no logits yet — e runs to the end"
@@ -43,16 +44,23 @@ def flip_banner(session: Any, pos: dict, width: int) -> list[Text]:
     return [row([f" ✓ top-1 agrees: {_piece(session, a)} #{a['id']}"], [width], style="bold white on dark_green")]
 
 
-def topk_lines(session: Any, pos: dict, k: int, width: int) -> list[Text]:
+R_COLUMN_WIDTH = 64
+"""From this pane width on, R's top-k gets a column beside A's and B's (when R ran)."""
+
+
+def topk_lines(session: Any, pos: dict, k: int, width: int, r_top: list | None = None) -> list[Text]:
     """A's and B's top-k side by side: piece, probability, and (if it fits) where the other side
-    ranks it."""
+    ranks it; R's top-k (piece, probability) in a third column when given and there is room."""
     ranks = width >= 44
-    n_cols = 7 if ranks else 5
-    fixed = 2 + 2 * (6 + (4 if ranks else 0)) + (n_cols - 1)   # '#', probs, ranks, gaps
-    piece_w = max(4, (width - fixed) // 2)
+    with_r = bool(r_top) and width >= R_COLUMN_WIDTH
+    n_cols = (7 if ranks else 5) + (2 if with_r else 0)
+    fixed = 2 + 2 * (6 + (4 if ranks else 0)) + (6 if with_r else 0) + (n_cols - 1)   # '#', probs, ranks, gaps
+    piece_w = max(4, (width - fixed) // (3 if with_r else 2))
     cols = [("#", 2, "r")]
     for me, other in (("A", "B"), ("B", "A")):
         cols += [(f"{me} token", piece_w, "l"), ("prob", 6, "r")] + ([(f"in {other}", 4, "r")] if ranks else [])
+    if with_r:
+        cols += [("R token", piece_w, "l"), ("prob", 6, "r")]
     widths, aligns = [c[1] for c in cols], "".join(c[2] for c in cols)
     out = [row([c[0] for c in cols], widths, aligns, style="bold")]
     ta, tb = pos["a"]["top"], pos["b"]["top"]
@@ -68,6 +76,10 @@ def topk_lines(session: Any, pos: dict, k: int, width: int) -> list[Text]:
             if ranks:
                 ch, style = rank_change(e["id"], i + 1, other, k)
                 cells.append(Text(ch, style=style))
+        if with_r:
+            e = r_top[i] if r_top and i < len(r_top) else None
+            cells += ["", ""] if e is None else [
+                _piece(session, e), pct(e.get("prob"), 2) if e.get("prob") is not None else num(e.get("logit"))]
         out.append(row(cells, widths, aligns, style="bold" if i == 0 else ""))
     return out
 
@@ -118,5 +130,12 @@ class LogitsPane(VerticalScroll, can_focus=False):
         if len(lg["positions"]) > 1 and lg.get("flip_positions"):
             parts.append(Text(f"flips at {len(lg['flip_positions'])} of {lg['n_pos']} positions",
                               style="bold red"))
-        parts += topk_lines(s, pos, lg["k"], width)
+        verdict = next((f for f in flips([rec]) if f.pos == pos.get("pos")), None)
+        if verdict is not None and verdict.flip:
+            parts.append(Text(f"{verdict.verdict}: swing {num(verdict.swing, '.3g')} vs noise "
+                              f"{num(verdict.noise, '.3g')}", style="bold red" if verdict.verdict == "decisive"
+                              else "yellow", no_wrap=True, overflow="ellipsis"))
+        ar = (rec.logits or {}).get("A~R")
+        r_top = ar["positions"][-1]["b"]["top"] if ar and ar.get("positions") else None
+        parts += topk_lines(s, pos, lg["k"], width, r_top)
         body.update(lines(parts))

@@ -1,0 +1,268 @@
+"""Findings: what a run's records say, computed once here and shown by the report, the TUI and
+`run --json` — the first op over each threshold, the largest amplifiers, the first NaN/Inf, every
+top-1 flip weighed against the logit error, and which side stays closer to R.
+
+Inputs are Records in pass order (a live session's history or a trace's records); outputs are
+small dataclasses with `to_json`. No formatting lives here.
+
+The flip verdict: at a position where A's and B's top-1 differ, the *swing* is how much the gap
+between the two candidates moves between the sides, (A's logit of its pick - A's logit of B's pick)
++ (B's logit of its pick - B's logit of A's pick). The logit error of the pass is e = rel_rms x
+rms(B) on centred logits (rel_rms at result_output is taken on centred logits, and the rms of
+centred B is its std), so a uniform shift that softmax ignores does not count. Two independent
+errors of that size move a gap by about sqrt(2) e: a swing within NEAR_TIE_SIGMAS x sqrt(2) e is a
+near-tie (noise can flip it), above it the flip is decisive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from qdbg.records import LogitsComparison, Record
+
+THRESHOLDS = (("rel_rms", ">", 0.01), ("rel_rms", ">", 0.05), ("rel_rms", ">", 0.1),
+              ("sqnr", "<", 30.0), ("sqnr", "<", 20.0))
+N_AMP = 5
+NEAR_TIE_SIGMAS = 3.0
+PAIR_KEYS = ("A~B", "A~R", "B~R")
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+
+
+def _metric(rec: Record, key: str, metric: str) -> float | None:
+    return _num((rec.pairs.get(key) or {}).get(metric))
+
+
+@dataclass
+class Crossing:
+    """The first op whose `metric` for pair `key` passes a threshold (op None: never)."""
+
+    metric: str
+    op: str
+    threshold: float
+    key: str
+    index: int | None = None
+    name: str | None = None
+    step: int | None = None
+    value: float | None = None
+
+
+@dataclass
+class Amplifier:
+    """An op whose output error is `amp` times its inputs' (A vs B)."""
+
+    index: int
+    name: str
+    step: int
+    amp: float
+    input_rel_rms: float | None
+    rel_rms: float | None
+
+
+@dataclass
+class NonFinite:
+    """The first op holding NaN/Inf on some side: side -> (nan count, inf count)."""
+
+    index: int
+    name: str
+    step: int
+    counts: dict[str, tuple[int, int]]
+
+
+@dataclass
+class Flip:
+    """One (pass, position) of A vs B at the logits: the picks, margins and the verdict.
+
+    verdict: 'decisive' | 'near-tie' | 'unweighable' for a flip; 'safe' | 'fragile' when the
+    sides agree (margin above or within the noise). `r_top1` is R's pick when R ran, and
+    `a_agrees_r`/`b_agrees_r` whether each side picks it."""
+
+    step: int
+    pos: int
+    flip: bool
+    a_id: int
+    b_id: int
+    a_piece: str | None
+    b_piece: str | None
+    margin_a: float | None
+    margin_b: float | None
+    swing: float | None
+    logit_error: float | None
+    noise: float | None
+    verdict: str
+    r_id: int | None = None
+    r_piece: str | None = None
+    a_agrees_r: bool | None = None
+    b_agrees_r: bool | None = None
+    kl_a_r: float | None = None
+    kl_b_r: float | None = None
+
+
+@dataclass
+class CloserToR:
+    """Which side stays closer to R (by rel_rms to R) over the ops where both were measured."""
+
+    best: str | None
+    n_a: int
+    n_b: int
+    n_ops: int
+    a_closer_at: list[str] = field(default_factory=list)
+    b_closer_at: list[str] = field(default_factory=list)
+    layer_outputs: dict[str, int] = field(default_factory=dict)
+    last_layer_output: dict[str, Any] | None = None
+    kl_r_a: float | None = None
+    kl_r_b: float | None = None
+
+
+def crossings(records: Sequence[Record], keys: Sequence[str] | None = None) -> list[Crossing]:
+    """For each threshold and pair, the first op past it."""
+    keys = keys or [k for k in PAIR_KEYS if any(k in r.pairs for r in records)]
+    out = []
+    for metric, op, thr in THRESHOLDS:
+        for k in keys:
+            c = Crossing(metric, op, thr, k)
+            for r in records:
+                v = _metric(r, k, metric)
+                if v is not None and (v > thr if op == ">" else v < thr):
+                    c.index, c.name, c.step, c.value = r.index, r.name, r.step, v
+                    break
+            out.append(c)
+    return out
+
+
+def amplifiers(records: Sequence[Record], n: int = N_AMP) -> list[Amplifier]:
+    """The n ops with the largest finite amp (A vs B), largest first, ties by index."""
+    amps = [(a, r) for r in records if (a := _metric(r, "A~B", "amp")) is not None and math.isfinite(a)]
+    amps.sort(key=lambda t: (-t[0], t[1].index))
+    out = []
+    for a, r in amps[:n]:
+        rr = _metric(r, "A~B", "rel_rms")
+        out.append(Amplifier(r.index, r.name, r.step, a, rr / a if rr is not None and a else None, rr))
+    return out
+
+
+def first_nonfinite(records: Sequence[Record]) -> NonFinite | None:
+    for r in records:
+        bad = {lab: (int(s.get("nan_count", 0) or 0), int(s.get("inf_count", 0) or 0)) for lab, s in r.stats.items()
+               if s.get("nan_count", 0) or s.get("inf_count", 0)}
+        if bad:
+            return NonFinite(r.index, r.name, r.step, bad)
+    return None
+
+
+def logit_error(rec: Record) -> float | None:
+    """rms of the A-B logit difference on centred logits: rel_rms x rms(centred B)."""
+    rr = _metric(rec, "A~B", "rel_rms")
+    st = rec.stats.get("B")
+    centred = bool((rec.pairs.get("A~B") or {}).get("centred"))
+    scale = _num((st or {}).get("std" if centred else "rms"))
+    e = rr * scale if rr is not None and scale is not None else None
+    return e if e is not None and math.isfinite(e) else None
+
+
+def _weigh(p: Any, noise: float | None) -> tuple[float | None, str]:
+    at, bt = p.a.top, p.b.top
+    x, y = at[0], bt[0]
+    ma, mb = _num(p.a.margin), _num(p.b.margin)
+    if p.flip:
+        ga = next((x["logit"] - t["logit"] for t in at if t["id"] == y["id"]), ma)
+        gb = next((y["logit"] - t["logit"] for t in bt if t["id"] == x["id"]), mb)
+        swing = ga + gb if _num(ga) is not None and _num(gb) is not None else None
+        if swing is None or noise is None or not math.isfinite(swing):
+            return swing, "unweighable"
+        return swing, "near-tie" if swing <= noise else "decisive"
+    safe = ma is not None and noise is not None and math.isfinite(ma) and ma > noise
+    return None, "safe" if safe else "fragile"
+
+
+def flips(records: Sequence[Record], every: bool = False) -> list[Flip]:
+    """Every flipped (pass, position) of A vs B, and for a pass without a flip its last position
+    (the one that picks the next token), so each pass gets a verdict; `every=True` lists every
+    measured position of every pass."""
+    out = []
+    for rec in records:
+        ab = (rec.logits or {}).get("A~B")
+        if not ab or not ab.positions:
+            continue
+        ab = LogitsComparison.from_json(ab)
+        e = logit_error(rec)
+        noise = None if e is None else NEAR_TIE_SIGMAS * math.sqrt(2.0) * e
+        idx = range(len(ab.positions)) if every else \
+            ([i for i, p in enumerate(ab.positions) if p.flip] or [len(ab.positions) - 1])
+        ar = (rec.logits or {}).get("A~R")
+        br = (rec.logits or {}).get("B~R")
+        for i in idx:
+            p = ab.positions[i]
+            if not p.a.top or not p.b.top:
+                continue
+            swing, verdict = _weigh(p, noise)
+            f = Flip(rec.step, p.pos, bool(p.flip), p.a.top[0]["id"], p.b.top[0]["id"], p.a.top[0].get("piece"),
+                     p.b.top[0].get("piece"), _num(p.a.margin), _num(p.b.margin), swing, e, noise, verdict)
+            if ar is not None and br is not None and i < len(ar.positions) and i < len(br.positions):
+                pr, qr = ar.positions[i], br.positions[i]
+                if pr.b.top:
+                    f.r_id, f.r_piece = pr.b.top[0]["id"], pr.b.top[0].get("piece")
+                    f.a_agrees_r, f.b_agrees_r = bool(pr.top1_agree), bool(qr.top1_agree)
+                    f.kl_a_r, f.kl_b_r = _num(pr.kl_ab), _num(qr.kl_ab)
+            out.append(f)
+    return out
+
+
+def closer_to_r(records: Sequence[Record], n_names: int = 8) -> CloserToR | None:
+    """Which side is closer to R; None without R."""
+    both = [r for r in records if _metric(r, "A~R", "rel_rms") is not None and _metric(r, "B~R", "rel_rms") is not None]
+    if not both:
+        return None
+
+    def closer(r: Record) -> str:
+        a, b = _metric(r, "A~R", "rel_rms"), _metric(r, "B~R", "rel_rms")
+        return "A" if a < b else ("B" if b < a else "=")  # type: ignore[operator]
+
+    win = {r.index: closer(r) for r in both}
+    na, nb = sum(w == "A" for w in win.values()), sum(w == "B" for w in win.values())
+    c = CloserToR("A" if na > nb else ("B" if nb > na else None), na, nb, len(both))
+    label = {r.index: r.name + (f" (pass {r.step})" if r.step else "") for r in both}
+    c.a_closer_at = [label[i] for i, w in win.items() if w == "A"][:n_names]
+    c.b_closer_at = [label[i] for i, w in win.items() if w == "B"][:n_names]
+    lout = [r for r in both if r.layer is not None and r.name == f"l_out-{r.layer}"]
+    if lout:
+        lw = [win[r.index] for r in lout]
+        c.layer_outputs = {"A": lw.count("A"), "B": lw.count("B"), "n": len(lout)}
+        last = lout[-1]
+        c.last_layer_output = {"op": last.name, "pass": last.step, "a_r": _metric(last, "A~R", "rel_rms"),
+                               "b_r": _metric(last, "B~R", "rel_rms")}
+    lg = next((r.logits for r in reversed(records) if r.logits and "A~R" in r.logits and "B~R" in r.logits), None)
+    if lg and lg["A~R"].positions and lg["B~R"].positions:
+        c.kl_r_a, c.kl_r_b = _num(lg["A~R"].positions[-1].kl_ba), _num(lg["B~R"].positions[-1].kl_ba)
+    return c
+
+
+@dataclass
+class Findings:
+    """Everything above for one list of records."""
+
+    nonfinite: NonFinite | None
+    flips: list[Flip]
+    closer_to_r: CloserToR | None
+    crossings: list[Crossing]
+    amplifiers: list[Amplifier]
+
+    @classmethod
+    def of(cls, records: Sequence[Record]) -> Findings:
+        return cls(first_nonfinite(records), flips(records), closer_to_r(records), crossings(records),
+                   amplifiers(records))
+
+    def flagged(self) -> set[int]:
+        """Indices of the records the findings name: crossings, top amplifiers, the first NaN/Inf."""
+        out = {c.index for c in self.crossings if c.index is not None}
+        out.update(a.index for a in self.amplifiers)
+        if self.nonfinite is not None:
+            out.add(self.nonfinite.index)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
