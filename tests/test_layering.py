@@ -10,7 +10,8 @@ import pytest
 CORE = ["qdbg.gguf_file", "qdbg.arch", "qdbg.model", "qdbg.quant", "qdbg.engine.forward", "qdbg.expr",
         "qdbg.trace", "qdbg.replay", "qdbg.report",
         "qdbg.tokenizer", "qdbg.metrics", "qdbg.breakpoints", "qdbg.session", "qdbg.synth",
-        "qdbg.requant", "qdbg.demo"]
+        "qdbg.requant", "qdbg.demo", "qdbg.records", "qdbg.scope", "qdbg.catalogue", "qdbg.source",
+        "qdbg.live", "qdbg.debugger", "qdbg.findings"]
 
 
 @pytest.mark.parametrize("module", CORE)
