@@ -362,3 +362,17 @@ def test_mutated_valid_text_parses_or_expression_error(node: object, at: int, cu
         assert 1 <= e.column <= len(src) + 1
         return
     assert parse(unparse(got)) == got
+
+
+def test_edge_by_default_every_on_request():
+    bl = BreakpointList()
+    edge = bl.add("rel_rms > 0.05")
+    every = bl.add("rel_rms > 0.05", every=True)
+    hot, cold = {"rel_rms": 0.1}, {"rel_rms": 0.01}
+    assert bl.check(hot, cold) == [edge, every]      # becomes true: both fire
+    assert bl.check(hot, hot) == [every]             # still true: only `every`
+    assert bl.check(hot, None) == [edge, every]      # start of a pass: nothing before
+    assert bl.check(cold, hot) == []
+    assert (edge.hits, every.hits) == (2, 3) and "[every op]" in str(every)
+    again = BreakpointList.from_json(bl.to_json())
+    assert [b.every for b in again] == [False, True]
