@@ -239,16 +239,22 @@ def diff_profile(a: Any, b: Any, axis: int, reduce: str = "mean") -> np.ndarray:
     return r.astype(np.float64)
 
 
-def _piece(pieces: Pieces, tid: int) -> str | None:
+def piece_text(pieces: Pieces, tid: int, errors: str = "replace") -> str | None:
+    """The display text of token `tid` from `pieces` (a sequence, mapping or callable giving text or
+    bytes; bytes decoded as UTF-8 with `errors`); None when there is none or the lookup fails. The
+    one token-piece lookup of the metrics and the trace writer."""
     if pieces is None:
         return None
     try:
         p = pieces(tid) if callable(pieces) else pieces[tid]
-    except (IndexError, KeyError, TypeError, ValueError):
+    except (QdbgError, IndexError, KeyError, TypeError, ValueError):
         return None
     if isinstance(p, (bytes, bytearray)):
-        return bytes(p).decode("utf-8", errors="replace")
+        return bytes(p).decode("utf-8", errors=errors)
     return None if p is None else str(p)
+
+
+_piece = piece_text
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray | None:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from qdbg.findings import N_AMP, NEAR_TIE_SIGMAS, THRESHOLDS, Findings  # noqa: F401
+from qdbg.findings import NEAR_TIE_SIGMAS, THRESHOLDS, Findings
 from qdbg.records import Record
 from qdbg.scope import ALL as SCOPE_ALL, LAST as SCOPE_LAST, Scope
 from qdbg.session import Session

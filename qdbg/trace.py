@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from qdbg.errors import QdbgError, TraceError, UsageError
+from qdbg.errors import TraceError, UsageError
+from qdbg.metrics import piece_text
 from qdbg.records import Record
 from qdbg.scope import Scope
 from qdbg.util import atomic_write, check_output
@@ -61,13 +62,7 @@ def _model_info(model: Any, hashes: bool) -> ModelInfo:
 
 
 def _piece_of(pieces: Any, tid: int) -> str | None:
-    try:
-        p = pieces(tid) if callable(pieces) else pieces[tid]
-    except (QdbgError, IndexError, KeyError, TypeError, ValueError):
-        return None
-    if isinstance(p, (bytes, bytearray)):
-        return bytes(p).decode("utf-8", "backslashreplace")
-    return None if p is None else str(p)
+    return piece_text(pieces, tid, errors="backslashreplace")
 
 
 def _add_pieces(out: dict[int, str], pieces: Any, ids: set[int]) -> None:

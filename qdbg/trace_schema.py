@@ -12,7 +12,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 
 from qdbg.breakpoints import BreakpointList
 from qdbg.errors import QdbgError, TraceError
