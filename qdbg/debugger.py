@@ -12,6 +12,7 @@ with `every=True` fires at every op where it holds.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from typing import Any, Callable, Sequence
 
@@ -291,14 +292,15 @@ class Debugger:
                 raise UsageError(f"layer {layer} does not exist (0..{n_layer - 1})")
             self._set_stop(lambda r: r.layer == layer, False)
             return self._run(should_stop)
-        names = set(self.resolve(str(target)))
-        self._set_stop(lambda r: r.name in names, False)
+        pat = str(target)
+        names = set(self.resolve(pat))
+        self._set_stop(lambda r: r.name in names or r.weight == pat or fnmatch.fnmatchcase(r.name, pat), False)
         return self._run(should_stop)
 
     def resolve(self, pattern: str) -> list[str]:
         """The op names a name, glob or tensor name matches (UsageError if none does)."""
         cat = self.source.catalogue
-        if cat is None:
+        if cat is None:  # a source that cannot list its ops: the pattern is matched as the ops come
             return [pattern]
         return cat.check_target(pattern)
 
