@@ -1,6 +1,7 @@
 """Findings: what a run's records say, computed once here and shown by the report, the TUI and
 `run --json` — the first op over each threshold, the largest amplifiers, the first NaN/Inf, every
-top-1 flip weighed against the logit error, and which side stays closer to R.
+top-1 flip weighed against the logit error, which side stays closer to R, and where the divergence
+is born (ops and tensors ranked by the local error attribution measured, `divergence_born`).
 
 Inputs are Records in pass order (a live session's history or a trace's records); outputs are
 small dataclasses with `to_json`. No formatting lives here.
@@ -242,6 +243,82 @@ def closer_to_r(records: Sequence[Record], n_names: int = 8) -> CloserToR | None
 
 
 @dataclass
+class BornOp:
+    """One op's share of the A-vs-B difference (attribution): `local` is what the op adds itself,
+    `inherited` what came in with its inputs, `total` the op's rel_rms; all relative to ||f_B(x_B)||."""
+
+    index: int
+    name: str
+    step: int
+    layer: int | None
+    kind: str
+    weight: str | None
+    type_a: str | None
+    type_b: str | None
+    local: float
+    inherited: float | None
+    total: float | None
+
+
+@dataclass
+class BornTensor:
+    """One weight's local error: the largest over the passes of the op reading it (`op`, `step`),
+    and how many passes measured it."""
+
+    weight: str
+    type_a: str | None
+    type_b: str | None
+    local: float
+    op: str
+    step: int
+    n_passes: int
+
+
+@dataclass
+class DivergenceBorn:
+    """Where the divergence is born: ops and tensors ranked by local error (largest first)."""
+
+    ops: list[BornOp] = field(default_factory=list)
+    tensors: list[BornTensor] = field(default_factory=list)
+    n_measured: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def divergence_born(records: Sequence[Record], top: int | None = 10, key: str = "A~B") -> DivergenceBorn:
+    """Ops (every op in every pass) and tensors (each weight's largest local error over the passes)
+    ranked by local error of pair `key`, largest first, ties by index; the first `top` of each
+    (None: all). Ops without attribution (local absent, or not finite) are left out; `n_measured`
+    counts those with it."""
+    born = []
+    for r in records:
+        pm = r.pairs.get(key)
+        loc = _num(None if pm is None else pm.get("local"))
+        if loc is None or not math.isfinite(loc):
+            continue
+        types = r.weight_types or {}
+        born.append(BornOp(r.index, r.name, r.step, r.layer, r.kind, r.weight, types.get(key[0]), types.get(key[2]),
+                           loc, _num(pm.get("inherited")), _num(pm.get("rel_rms"))))
+    ops = sorted(born, key=lambda b: (-b.local, b.index))
+    tensors: dict[str, BornTensor] = {}
+    for b in born:
+        if b.weight is None:
+            continue
+        t = tensors.get(b.weight)
+        if t is None:
+            tensors[b.weight] = BornTensor(b.weight, b.type_a, b.type_b, b.local, b.name, b.step, 1)
+        else:
+            t.n_passes += 1
+            if b.local > t.local:
+                t.local, t.op, t.step = b.local, b.name, b.step
+    order = {b.weight: b.index for b in reversed(born) if b.weight}
+    ranked = sorted(tensors.values(), key=lambda t: (-t.local, order[t.weight]))
+    cut = slice(None) if top is None else slice(top)
+    return DivergenceBorn(ops[cut], ranked[cut], len(born))
+
+
+@dataclass
 class Findings:
     """Everything above for one list of records."""
 
@@ -250,11 +327,12 @@ class Findings:
     closer_to_r: CloserToR | None
     crossings: list[Crossing]
     amplifiers: list[Amplifier]
+    born: DivergenceBorn = field(default_factory=DivergenceBorn)
 
     @classmethod
     def of(cls, records: Sequence[Record]) -> Findings:
         return cls(first_nonfinite(records), flips(records), closer_to_r(records), crossings(records),
-                   amplifiers(records))
+                   amplifiers(records), divergence_born(records))
 
     def flagged(self) -> set[int]:
         """Indices of the records the findings name: crossings, top amplifiers, the first NaN/Inf."""
