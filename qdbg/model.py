@@ -28,7 +28,7 @@ from qdbg.engine.weights import Weight
 from qdbg.errors import GGUFError, QdbgError
 
 DEFAULT_CACHE_BYTES = int(os.environ.get("QDBG_CACHE_BYTES", 4 << 30))
-DEFAULT_RESIDENT_BYTES = int(os.environ.get("QDBG_RESIDENT_BYTES", 256 << 20))
+DEFAULT_RESIDENT_BYTES = int(os.environ.get("QDBG_RESIDENT_BYTES", 64 << 20))
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4  # Linux
 
