@@ -45,11 +45,13 @@ def _pair(a: Any, b: Any, fn: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _norm(v: np.ndarray) -> float:
-    """||v||_2: one dot product; rescaled by max|v| if the sum of squares overflows."""
+    """||v||_2: a float64 sum of squares (no BLAS: under CPU contention a multi-threaded BLAS dot
+    costs milliseconds per call); rescaled by max|v| if the sum of squares overflows."""
     if v.size == 0:
         return 0.0
+    v = np.asarray(v, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        ss = float(np.dot(v, v))
+        ss = float(np.sum(v * v))
     if math.isfinite(ss):
         return math.sqrt(ss)
     m = float(np.max(np.abs(v)))
@@ -172,9 +174,9 @@ def pair_metrics(
         if na == 0 or nb == 0:
             cos = 1.0 if na == nb else 0.0
         else:
-            cos = float(np.dot(va, vb)) / (na * nb)
+            cos = float(np.sum(va * vb)) / (na * nb)
             if not math.isfinite(cos):  # dot or na*nb overflowed: redo on unit vectors
-                cos = float(np.dot(va / na, vb / nb))
+                cos = float(np.sum((va / na) * (vb / nb)))
             cos = min(1.0, max(-1.0, cos))
         eps = REL_EPS_FRAC * nb / math.sqrt(n)
         rel = ad / (np.abs(vb) + eps) if eps > 0 else np.where(ad > 0, np.inf, 0.0)
