@@ -60,9 +60,22 @@ def lockstep(a: argparse.Namespace) -> dict:
     return out
 
 
+def engine(a: argparse.Namespace) -> dict:
+    """Both models' logits through bare engines (no session, no history): the weights' share."""
+    import resource
+
+    from qdbg.engine.forward import Engine
+    from qdbg.model import Model
+
+    toks = [int(t) for t in a.tokens.split(",")]
+    for p in a.models:
+        Engine(Model(p)).logits(toks)
+    return {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("steps", "lockstep"))
+    ap.add_argument("what", choices=("steps", "lockstep", "engine"))
     ap.add_argument("models", nargs=2)
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--t0", type=float, default=None)
@@ -70,7 +83,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.t0 is None:
         a.t0 = time.time()
-    print(json.dumps({"steps": steps, "lockstep": lockstep}[a.what](a)))
+    print(json.dumps({"steps": steps, "lockstep": lockstep, "engine": engine}[a.what](a)))
 
 
 if __name__ == "__main__":
