@@ -2,9 +2,8 @@
 
 The debugger checks a breakpoint or go-to target against this list at once (a name, glob, kind
 or GGUF tensor name that matches nothing is an error before any op is computed), and resolves a
-tensor name (`blk.7.ffn_down.weight`) to the op that reads it (`ffn_out-7`). It follows
-qdbg.engine.forward.Engine.forward op for op; tests/test_catalogue.py checks the two agree for
-every synthetic architecture with and without flash attention.
+tensor name (`blk.7.ffn_down.weight`) to the op that reads it (`ffn_out-7`). It reads the
+engine's own op list (qdbg.engine.graph.pass_ops).
 """
 
 from __future__ import annotations
@@ -25,45 +24,11 @@ class OpInfo:
 
 
 def pass_ops(cfg: Any, flash_attn: bool) -> list[OpInfo]:
-    """Every op of one pass, in the engine's order, for a model config."""
-    ops = [OpInfo("inp_embd", "embed", None, "token_embd.weight")]
-    if getattr(cfg, "embd_scale", None):
-        ops.append(OpInfo("inp_scaled", "scale", None, None))
-    for il in range(cfg.n_layer):
-        b = f"blk.{il}."
+    """Every op of one pass, in the engine's order, for a model config (from the engine's own op
+    list, qdbg.engine.graph, so the two cannot drift apart)."""
+    from qdbg.engine.graph import pass_ops as graph_ops
 
-        def add(base: str, kind: str, weight: str | None = None) -> None:
-            ops.append(OpInfo(f"{base}-{il}", kind, il, None if weight is None else b + weight))
-
-        add("attn_norm", "norm", "attn_norm.weight")
-        for p in ("q", "k", "v"):
-            add(f"{p.upper()}cur", "matmul", f"attn_{p}.weight")
-        for p in ("Q", "K"):
-            if cfg.qk_norm:
-                add(f"{p}cur_normed", "norm", f"attn_{p.lower()}_norm.weight")
-            add(f"{p}cur_rope", "rope")
-        if flash_attn:
-            add("kqv_out", "attn")
-        else:
-            add("kq", "scores")
-            add("kq_soft_max", "softmax")
-            add("kqv_out", "attn")
-        add("attn_out", "matmul", "attn_output.weight")
-        if cfg.post_norms:
-            add("attn_post_norm", "norm", "post_attention_norm.weight")
-        add("sa_out" if cfg.post_norms else "ffn_inp", "residual")
-        add("ffn_norm", "norm", "ffn_norm.weight")
-        add("ffn_gate", "matmul", "ffn_gate.weight")
-        add("ffn_up", "matmul", "ffn_up.weight")
-        add("ffn_geglu" if cfg.ffn_act == "gelu" else "ffn_swiglu", "act")
-        add("ffn_out", "matmul", "ffn_down.weight")
-        if cfg.post_norms:
-            add("ffn_post_norm", "norm", "post_ffw_norm.weight")
-        add("l_out", "residual")
-    ops.append(OpInfo("result_norm", "norm", None, "output_norm.weight"))
-    ops.append(OpInfo("result_output", "logits", None,
-                      "token_embd.weight" if cfg.tied_embeddings else "output.weight"))
-    return ops
+    return [OpInfo(o.name, o.kind, o.layer, o.weight) for o in graph_ops(cfg, flash_attn)]
 
 
 class Catalogue:

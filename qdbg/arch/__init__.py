@@ -18,6 +18,7 @@ ConfigFn = Callable[[Mapping[str, Any], Mapping[str, tuple[int, ...]], str], Mod
 
 _REGISTRY: dict[str, ConfigFn] = {}
 _FEATURES: dict[str, dict[str, bool]] = {}
+_GRAPH_NAMES: dict[str, dict[str, str]] = {}
 
 
 def _discover() -> None:
@@ -31,6 +32,7 @@ def _discover() -> None:
         if arch:
             _REGISTRY[arch] = mod.config
             _FEATURES[arch] = dict(getattr(mod, "FEATURES", {}))
+            _GRAPH_NAMES[arch] = dict(getattr(mod, "GRAPH_NAMES", {}))
 
 
 def supported() -> list[str]:
@@ -44,6 +46,13 @@ def features(arch: str) -> dict[str, bool]:
     if arch not in _FEATURES:
         raise UnsupportedError(f"unsupported architecture '{arch}' (supported: {', '.join(supported())})")
     return dict(_FEATURES[arch])
+
+
+def graph_names(arch: str) -> dict[str, str]:
+    """{qdbg op base name: llama.cpp graph name} for ops this architecture's graph names where
+    others leave the node unnamed (llama's `attn_out`)."""
+    _discover()
+    return dict(_GRAPH_NAMES.get(arch, {}))
 
 
 def config_from_metadata(
@@ -62,4 +71,4 @@ def config_from_metadata(
     return fn(md, tensors, where)
 
 
-__all__ = ["ModelConfig", "config_from_metadata", "features", "supported"]
+__all__ = ["ModelConfig", "config_from_metadata", "features", "graph_names", "supported"]

@@ -9,6 +9,7 @@ from qdbg.arch.config import ROPE_NORM, ModelConfig, md_float
 
 ARCH = "llama"
 FEATURES: dict[str, bool] = {}  # the block's extra tensors (qdbg.arch._common.tensor_table)
+GRAPH_NAMES = {"attn_out": "attn_out"}  # ops llama.cpp's graph names (the others leave it unnamed)
 
 
 def config(md: Mapping[str, Any], tensors: Mapping[str, tuple[int, ...]], where: str = "") -> ModelConfig:

@@ -1,9 +1,8 @@
-"""The engine: a generator that runs one decoder forward pass and yields after every sub-op.
+"""The engine: walks one pass's op list (qdbg.engine.graph) and yields after every sub-op.
 
-One function covers the four architectures; the ModelConfig flags switch the parts that differ
-(Q/K/V biases, Q/K norms, post-norms, GEGLU, embedding scale, sliding windows). The op list is
-llama.cpp's graph (src/models/llama.cpp, gemma3.cpp; build_norm/build_ffn/build_attn_mha in
-llama-graph.cpp), and the names are its callback names.
+Each op is computed by `Engine.compute`/`_compute` from its inputs with the engine's Numerics (the
+rounding-sensitive arithmetic of a mode); the list itself, llama.cpp's graph order and names, is
+data shared with the debugger's catalogue and with attribution.
 
 Overrides: `overrides[name]` is either an array that replaces op `name`'s output, or a callable
 `f(result) -> array | None` that may replace it (it sees the step, the positions and the
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 import numpy as np
 
 from qdbg.engine import ops
+from qdbg.engine.graph import SCORES, TOK_CH, TOK_HEAD, Op, last_reads, pass_ops  # noqa: F401
 from qdbg.engine.result import OpResult
 from qdbg.engine.weights import Weight
 from qdbg.errors import QdbgError, UsageError
@@ -26,10 +26,6 @@ from qdbg.numerics import DEFAULT_MODE, Numerics, RunSettings, make_numerics
 from qdbg.progress import Progress
 
 Override = Union[np.ndarray, Callable[[OpResult], "np.ndarray | None"]]
-
-TOK_CH = ("token", "channel")
-TOK_HEAD = ("token", "head", "dim")
-SCORES = ("head", "token", "kv")
 
 
 class Engine:
@@ -78,6 +74,10 @@ class Engine:
         toks = [int(t) for t in tokens]
         return [toks[i:i + n] for i in range(0, len(toks), n)]
 
+    def pass_ops(self) -> list[Op]:
+        """The ops of one pass of this model with these settings, in order (qdbg.engine.graph)."""
+        return pass_ops(self.cfg, self.settings.flash_attn)
+
     def forward(self, tokens: Sequence[int]) -> Iterator[OpResult]:
         """Process `tokens` as one micro-batch (one llama.cpp graph) at the next positions; yield
         every sub-op's result. More tokens than n_ubatch is an error: split with `ubatches()`.
@@ -85,7 +85,6 @@ class Engine:
         The last result is `result_output`, the logits [n_tok, n_vocab].
         """
         cfg = self.cfg
-        nx = self.numerics
         if len(tokens) > self.settings.n_ubatch:
             raise UsageError(f"{len(tokens)} tokens in one pass, more than the micro-batch size "
                              f"{self.settings.n_ubatch}: split them with ubatches()")
@@ -99,158 +98,93 @@ class Engine:
         if n_past + n_tok > self.settings.n_ctx_padded:
             raise UsageError(f"{n_past + n_tok} tokens do not fit the context of {self.settings.n_ctx} "
                              f"(--ctx-size)")
-        pos = np.arange(n_past, n_past + n_tok, dtype=np.int64)
-        kv_pos = np.arange(0, n_past + n_tok, dtype=np.int64)
-        step = self.n_steps
-        new_k: list[np.ndarray] = []
-        new_v: list[np.ndarray] = []
+        ctx = PassContext(ids, np.arange(n_past, n_past + n_tok, dtype=np.int64), self, self)
+        positions = tuple(int(p) for p in ctx.pos)
+        ops = self.pass_ops()
+        free_after = last_reads(ops)
         env: dict[str, np.ndarray] = {}
-
-        def emit(name: str, kind: str, layer: int | None, value: np.ndarray, axes: tuple[str, ...],
-                 inputs: tuple[str, ...] = (), weight: str | None = None,
-                 ggml: tuple[str | None, str | None] = (None, None)) -> OpResult:
-            w = self.weight(weight) if weight else None
+        for i, op in enumerate(ops):
+            value = self._compute(op, [env[n] for n in op.inputs], ctx)
+            w = self.weight(op.weight) if op.weight else None
             res = OpResult(
-                name=name, kind=kind, layer=layer, value=value, axes=axes, inputs=inputs,
-                weight=weight, weight_type=w.qtype.name if w is not None else None,
-                ggml_name=ggml[0], ggml_op=ggml[1], step=step, positions=tuple(int(p) for p in pos),
+                name=op.name, kind=op.kind, layer=op.layer, value=value, axes=op.axes, inputs=op.inputs,
+                weight=op.weight, weight_type=w.qtype.name if w is not None else None,
+                ggml_name=op.ggml_name, ggml_op=op.ggml_op, step=self.n_steps, positions=positions,
             )
-            ov = self.overrides.get(name, self.hook)
+            ov = self.overrides.get(op.name, self.hook)
             if ov is not None:
                 rep = ov(res) if callable(ov) else ov
                 if rep is not None:
                     rep = np.asarray(rep, dtype=np.float32)
                     if rep.shape != value.shape:
                         raise QdbgError(
-                            f"override for '{name}' has shape {rep.shape}, expected {value.shape}"
+                            f"override for '{op.name}' has shape {rep.shape}, expected {value.shape}"
                         )
                     res.computed, res.value = value, rep
-            env[name] = res.value
-            return res
+            env[op.name] = res.value
+            for name in free_after.get(i, ()):  # what later ops no longer read
+                env.pop(name, None)
+            if op.name == "result_output":
+                # commit the pass (its KV rows, its tokens) before handing out its last result
+                self.k_cache = [ctx.kv[il][0] for il in range(cfg.n_layer)]
+                self.v_cache = [ctx.kv[il][1] for il in range(cfg.n_layer)]
+                self.tokens.extend(int(t) for t in ids)
+                self.n_steps += 1
+            yield res
 
-        def mm(x: np.ndarray, tensor: str) -> np.ndarray:
-            return nx.matmul(x, self.weight(tensor))
+    def compute(self, op: Op, inputs: Sequence[np.ndarray], positions: Sequence[int],
+                kv: "Engine | None" = None) -> np.ndarray:
+        """One op of `pass_ops()` evaluated on `inputs` (the values of `op.inputs`, in order) at
+        token `positions`, with this engine's weights and numerics. The attention ops also read the
+        KV cache of earlier passes: `kv`'s (default this engine's) — for attribution, another
+        side's inputs come with that side's cache. Pure: no engine state changes."""
+        pos = np.asarray(positions, dtype=np.int64)
+        ids = np.zeros(len(pos), np.int64)
+        if op.fn == "get_rows":
+            raise QdbgError(f"{op.name}: the embedding lookup reads token ids, not op inputs")
+        if len(inputs) != len(op.inputs):
+            raise QdbgError(f"{op.name}: {len(op.inputs)} inputs expected, got {len(inputs)}")
+        return self._compute(op, [np.asarray(x) for x in inputs], PassContext(ids, pos, self, kv or self))
 
-        def vec(tensor: str) -> np.ndarray:
-            return self.weight(tensor).values
-
-        def norm(name: str, layer: int | None, src: str, weight: str, x: np.ndarray | None = None,
-                 axes: tuple[str, ...] = TOK_CH) -> OpResult:
-            """build_norm: RMS norm of `src` (or its reshape `x`) times `weight`, llama.cpp's MUL node."""
-            val = nx.rms_norm(env[src] if x is None else x, vec(weight), cfg.rms_eps)
-            return emit(name, "norm", layer, val, axes, (src,), weight, (name, "MUL"))
-
-        # --- embeddings ------------------------------------------------------------------
-        emb = self.weight("token_embd.weight")
-        yield emit("inp_embd", "embed", None, nx.get_rows(emb, ids), TOK_CH,
-                   weight="token_embd.weight", ggml=("embd", "GET_ROWS"))
-        cur = "inp_embd"
-        if cfg.embd_scale:
-            yield emit("inp_scaled", "scale", None,
-                       nx.scale(env[cur], cfg.embd_scale), TOK_CH, (cur,),
-                       ggml=("inp_scaled", "SCALE"))
-            cur = "inp_scaled"
-
-        hd, nh, nkv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
-        for il in range(cfg.n_layer):
-            b = f"blk.{il}."
-            L = lambda s: f"{s}-{il}"  # noqa: E731 - llama.cpp's "name-layer"
-            inp = cur
-            yield norm(L("attn_norm"), il, inp, b + "attn_norm.weight")
-            x = L("attn_norm")
-            for p in ("q", "k", "v"):
-                nm = L(f"{p.upper()}cur")
-                y = mm(env[x], b + f"attn_{p}.weight")
-                op = "MUL_MAT"
-                if cfg.qkv_bias:
-                    y = nx.add(y, vec(b + f"attn_{p}.bias"))
-                    op = "ADD"
-                yield emit(nm, "matmul", il, y, TOK_CH, (x,), b + f"attn_{p}.weight", (nm, op))
-            heads = {"Q": nh, "K": nkv}
-            roped = {}
-            rope_cache = nx.rope_cache(pos, cfg.n_rot, *cfg.rope_params(il))  # shared by Q and K
-            for p in ("Q", "K"):
-                src = L(f"{p}cur")
-                h = env[src].reshape(n_tok, heads[p], hd)  # [n_tok, n_head*hd] -> [n_tok, n_head, hd]
-                if cfg.qk_norm:
-                    yield norm(L(f"{p}cur_normed"), il, src, b + f"attn_{p.lower()}_norm.weight", h, TOK_HEAD)
-                    src = L(f"{p}cur_normed")
-                    h = env[src]
-                yield emit(L(f"{p}cur_rope"), "rope", il,
-                           nx.rope(h, rope_cache, cfg.n_rot, cfg.rope_type == "neox"),
-                           TOK_HEAD, (src,), ggml=(L(f"{p}cur"), "ROPE"))
-                roped[p] = L(f"{p}cur_rope")
-            # the KV cache holds K after RoPE and V; llama.cpp's cache is F16
-            k_new = nx.kv_store(env[roped["K"]])
-            v_new = nx.kv_store(env[L("Vcur")].reshape(n_tok, nkv, hd))
-            k_all = np.concatenate([self.k_cache[il], k_new]) if il < len(self.k_cache) else k_new
-            v_all = np.concatenate([self.v_cache[il], v_new]) if il < len(self.v_cache) else v_new
-            new_k.append(k_all)
-            new_v.append(v_all)
-            q = env[roped["Q"]]
-            if cfg.q_scale != 1.0:
-                q = nx.scale(q, cfg.q_scale)
-            mask = ops.causal_mask(pos, kv_pos, cfg.n_swa if cfg.is_swa(il) else 0)
-            if self.settings.flash_attn:
-                yield emit(L("kqv_out"), "attn", il,
-                           nx.flash_attn(q, k_all, v_all, mask, cfg.softmax_scale), TOK_CH,
-                           (roped["Q"], roped["K"], L("Vcur")), ggml=(None, "FLASH_ATTN_EXT"))
-            else:
-                yield emit(L("kq"), "scores", il, nx.attn_scores(q, k_all), SCORES,
-                           (roped["Q"], roped["K"]), ggml=(L("kq"), "MUL_MAT"))
-                yield emit(L("kq_soft_max"), "softmax", il,
-                           nx.softmax(env[L("kq")], mask, cfg.softmax_scale), SCORES,
-                           (L("kq"),), ggml=(L("kq_soft_max"), "SOFT_MAX"))
-                yield emit(L("kqv_out"), "attn", il, nx.attn_values(env[L("kq_soft_max")], v_all),
-                           TOK_CH, (L("kq_soft_max"), L("Vcur")), ggml=(L("kqv_out"), "CONT"))
-            wo = b + "attn_output.weight"
-            yield emit(L("attn_out"), "matmul", il, mm(env[L("kqv_out")], wo), TOK_CH,
-                       (L("kqv_out"),), wo,
-                       (L("attn_out") if cfg.arch == "llama" else None, "MUL_MAT"))
-            att = L("attn_out")
-            if cfg.post_norms:
-                yield norm(L("attn_post_norm"), il, att, b + "post_attention_norm.weight")
-                att = L("attn_post_norm")
-            res_name = L("sa_out") if cfg.post_norms else L("ffn_inp")
-            yield emit(res_name, "residual", il, nx.add(env[att], env[inp]), TOK_CH, (att, inp),
-                       ggml=(res_name, "ADD"))
-            yield norm(L("ffn_norm"), il, res_name, b + "ffn_norm.weight")
-            x = L("ffn_norm")
-            for p in ("gate", "up"):  # graph order: swiglu(gate, up) visits gate first
-                wt = b + f"ffn_{p}.weight"
-                yield emit(L(f"ffn_{p}"), "matmul", il, mm(env[x], wt), TOK_CH, (x,), wt,
-                           (L(f"ffn_{p}"), "MUL_MAT"))
-            if cfg.ffn_act == "gelu":
-                act, val = L("ffn_geglu"), nx.geglu(env[L("ffn_gate")], env[L("ffn_up")])
-            else:
-                act, val = L("ffn_swiglu"), nx.swiglu(env[L("ffn_gate")], env[L("ffn_up")])
-            yield emit(act, "act", il, val, TOK_CH, (L("ffn_gate"), L("ffn_up")), ggml=(act, "GLU"))
-            wd = b + "ffn_down.weight"
-            yield emit(L("ffn_out"), "matmul", il, mm(env[act], wd), TOK_CH, (act,), wd,
-                       (L("ffn_out"), "MUL_MAT"))
-            ffo = L("ffn_out")
-            if cfg.post_norms:
-                yield norm(L("ffn_post_norm"), il, ffo, b + "post_ffw_norm.weight")
-                ffo = L("ffn_post_norm")
-            yield emit(L("l_out"), "residual", il, nx.add(env[ffo], env[res_name]), TOK_CH,
-                       (ffo, res_name), ggml=(L("l_out"), "ADD"))
-            cur = L("l_out")
-            # free what later ops no longer read
-            for k in [k for k in env if k.endswith(f"-{il}") and k != cur]:
-                del env[k]
-
-        yield norm("result_norm", None, cur, "output_norm.weight")
-        out_w = "token_embd.weight" if cfg.tied_embeddings else "output.weight"
-        logits = mm(env["result_norm"], out_w)
-        if cfg.final_logit_softcap:
-            logits = nx.softcap(logits, cfg.final_logit_softcap)
-        final = emit("result_output", "logits", None, logits, ("token", "vocab"), ("result_norm",),
-                     out_w, ("result_output", "MUL_MAT"))
-        # commit the pass before handing out its last result
-        self.k_cache, self.v_cache = new_k, new_v
-        self.tokens.extend(int(t) for t in ids)
-        self.n_steps += 1
-        yield final
+    def _compute(self, op: Op, x: list[np.ndarray], ctx: "PassContext") -> np.ndarray:
+        cfg, nx, fn = self.cfg, self.numerics, op.fn
+        n_tok = len(ctx.pos)
+        if op.heads is not None:  # [n_tok, n_head*hd] -> [n_tok, n_head, hd]
+            x[0] = x[0].reshape(n_tok, cfg.n_head if op.heads == "Q" else cfg.n_head_kv, cfg.head_dim)
+        if fn == "get_rows":
+            return nx.get_rows(self.weight(op.weight), ctx.ids)
+        if fn == "scale":
+            return nx.scale(x[0], cfg.embd_scale)
+        if fn == "norm":
+            return nx.rms_norm(x[0], self.weight(op.weight).values, cfg.rms_eps)
+        if fn in ("matmul", "logits"):
+            y = nx.matmul(x[0], self.weight(op.weight))
+            if op.bias:
+                y = nx.add(y, self.weight(op.bias).values)
+            if fn == "logits" and cfg.final_logit_softcap:
+                y = nx.softcap(y, cfg.final_logit_softcap)
+            return y
+        if fn == "rope":
+            return nx.rope(x[0], ctx.rope_cache(op.layer), cfg.n_rot, cfg.rope_type == "neox")
+        if fn == "add":
+            return nx.add(x[0], x[1])
+        if fn == "swiglu":
+            return nx.swiglu(x[0], x[1])
+        if fn == "geglu":
+            return nx.geglu(x[0], x[1])
+        il = op.layer
+        assert il is not None
+        if fn == "softmax":
+            return nx.softmax(x[0], ctx.mask(il), cfg.softmax_scale)
+        if fn == "kqv":
+            return nx.attn_values(x[0], ctx.values(il, x[1]))
+        q = x[0] if cfg.q_scale == 1.0 else nx.scale(x[0], cfg.q_scale)  # gemma3 scales Q first
+        k_all = ctx.keys(il, x[1])
+        if fn == "kq":
+            return nx.attn_scores(q, k_all)
+        if fn == "fattn":
+            return nx.flash_attn(q, k_all, ctx.values(il, x[2]), ctx.mask(il), cfg.softmax_scale)
+        raise QdbgError(f"{op.name}: unknown op function {fn!r}")
 
     def logits(self, tokens: Sequence[int], decode: int = 0, progress: Progress | None = None) -> np.ndarray:
         """Run straight through; the logits [n_tok, n_vocab] of `tokens` after what came before.
@@ -275,3 +209,44 @@ class Engine:
             assert res is not None
             rows.append(res.value)
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+
+class PassContext:
+    """What the ops of one pass share: token ids and positions, the RoPE tables and masks of each
+    layer, and each layer's K and V as this pass reads them (the cache of earlier passes of `kv`,
+    then this pass's rows as `engine`'s cache stores them)."""
+
+    def __init__(self, ids: np.ndarray, pos: np.ndarray, engine: Engine, kv: Engine) -> None:
+        self.ids, self.pos, self.engine, self.past = ids, pos, engine, kv
+        self.kv: dict[int, list[np.ndarray]] = {}
+        self._rope: dict[int, Any] = {}
+        self._mask: dict[int, np.ndarray] = {}
+
+    def rope_cache(self, il: int):
+        if il not in self._rope:  # shared by Q and K of a layer
+            cfg = self.engine.cfg
+            self._rope[il] = self.engine.numerics.rope_cache(self.pos, cfg.n_rot, *cfg.rope_params(il))
+        return self._rope[il]
+
+    def mask(self, il: int) -> np.ndarray:
+        if il not in self._mask:
+            cfg = self.engine.cfg
+            kv_pos = np.arange(0, int(self.pos[-1]) + 1, dtype=np.int64)
+            self._mask[il] = ops.causal_mask(self.pos, kv_pos, cfg.n_swa if cfg.is_swa(il) else 0)
+        return self._mask[il]
+
+    def _append(self, il: int, which: int, new: np.ndarray) -> np.ndarray:
+        cache = self.past.k_cache if which == 0 else self.past.v_cache
+        rows = self.engine.numerics.kv_store(new)
+        full = np.concatenate([cache[il], rows]) if il < len(cache) else rows
+        self.kv.setdefault(il, [None, None])[which] = full  # type: ignore[list-item]
+        return full
+
+    def keys(self, il: int, k_new: np.ndarray) -> np.ndarray:
+        """K of layer il as attention reads it: [n_kv, n_head_kv, hd]."""
+        return self._append(il, 0, k_new)
+
+    def values(self, il: int, v_new: np.ndarray) -> np.ndarray:
+        """V of layer il: the new rows come flat from Vcur; [n_kv, n_head_kv, hd]."""
+        cfg = self.engine.cfg
+        return self._append(il, 1, v_new.reshape(len(self.pos), cfg.n_head_kv, cfg.head_dim))
