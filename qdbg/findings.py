@@ -1,5 +1,5 @@
 """Findings: what a run's records say, computed once here and shown by the report, the TUI and
-`run --json` — the first op over each threshold, the largest amplifiers, the first NaN/Inf, every
+`run --json` — the first op over each threshold, the ops adding the most error, the first NaN/Inf, every
 top-1 flip weighed against the logit error, which side stays closer to R, and where the divergence
 is born (ops and tensors ranked by the local error attribution measured, `divergence_born`).
 
@@ -54,14 +54,17 @@ class Crossing:
 
 @dataclass
 class Amplifier:
-    """An op whose output error is `amp` times its inputs' (A vs B)."""
+    """An op that adds error (A vs B): `added` = rel_rms - input_rel_rms, the relative error the op
+    puts on top of what came in (see `error_added`); `amp` = rel_rms / input_rel_rms is context only
+    (None for a source, whose inputs agree exactly)."""
 
     index: int
     name: str
     step: int
-    amp: float
+    amp: float | None
     input_rel_rms: float | None
     rel_rms: float | None
+    added: float | None = None
 
 
 @dataclass
@@ -105,7 +108,10 @@ class Flip:
 
 @dataclass
 class CloserToR:
-    """Which side stays closer to R (by rel_rms to R) over the ops where both were measured."""
+    """Which side stays closer to R. The verdict is `by_kl`: the side with the smaller mean
+    KL(R||side) at the logits over every measured (pass, position) (`n_kl` of them; None on a tie
+    or without logits). `best` and the counts are by rel_rms to R over the ops where both were
+    measured: where along the way each side is closer, not which is closer in what it predicts."""
 
     best: str | None
     n_a: int
@@ -117,6 +123,10 @@ class CloserToR:
     last_layer_output: dict[str, Any] | None = None
     kl_r_a: float | None = None
     kl_r_b: float | None = None
+    by_kl: str | None = None
+    kl_mean_r_a: float | None = None
+    kl_mean_r_b: float | None = None
+    n_kl: int = 0
 
 
 def crossings(records: Sequence[Record], keys: Sequence[str] | None = None) -> list[Crossing]:
@@ -135,14 +145,48 @@ def crossings(records: Sequence[Record], keys: Sequence[str] | None = None) -> l
     return out
 
 
+def error_added(records: Sequence[Record], key: str = "A~B") -> dict[int, tuple[float, float]]:
+    """Record index -> (input rel_rms, error added) for each op of pair `key` with a finite rel_rms.
+
+    The input rel_rms is the largest over the op's inputs recorded in the same pass (as the
+    debugger's `amp` takes it); an op without inputs (the embedding lookup) has 0. Error added =
+    rel_rms - input rel_rms: relative error the op puts on top of what came in, so a norm whose
+    tiny input error grows tenfold adds little, while a matmul whose weights differ adds its whole
+    weight error. An op whose inputs were not recorded falls back on rel_rms / amp; without amp
+    it is left out."""
+    by_name = {(r.step, r.name): r for r in records}
+    out: dict[int, tuple[float, float]] = {}
+    for r in records:
+        rr = _metric(r, key, "rel_rms")
+        if rr is None or not math.isfinite(rr):
+            continue
+        ins = [_metric(by_name[(r.step, n)], key, "rel_rms") for n in r.inputs if (r.step, n) in by_name]
+        ins = [v for v in ins if v is not None]
+        amp = _metric(r, key, "amp")
+        if ins:
+            inp = max(ins)
+        elif not r.inputs:
+            inp = 0.0
+        elif amp is not None and amp > 0 and math.isfinite(amp):
+            inp = rr / amp
+        else:
+            continue
+        if math.isfinite(inp):
+            out[r.index] = (inp, rr - inp)
+    return out
+
+
 def amplifiers(records: Sequence[Record], n: int = N_AMP) -> list[Amplifier]:
-    """The n ops with the largest finite amp (A vs B), largest first, ties by index."""
-    amps = [(a, r) for r in records if (a := _metric(r, "A~B", "amp")) is not None and math.isfinite(a)]
-    amps.sort(key=lambda t: (-t[0], t[1].index))
+    """The n ops that add the most error (A vs B, `error_added`), largest first, ties by index;
+    only ops that add some (added > 0). Ranked by the error added, not by amp: a ratio of two
+    tiny errors says little."""
+    by_index = {r.index: r for r in records}
+    added = [(d, i, inp) for i, (inp, d) in error_added(records).items() if d > 0]
+    added.sort(key=lambda t: (-t[0], t[1]))
     out = []
-    for a, r in amps[:n]:
-        rr = _metric(r, "A~B", "rel_rms")
-        out.append(Amplifier(r.index, r.name, r.step, a, rr / a if rr is not None and a else None, rr))
+    for d, i, inp in added[:n]:
+        r = by_index[i]
+        out.append(Amplifier(r.index, r.name, r.step, _metric(r, "A~B", "amp"), inp, _metric(r, "A~B", "rel_rms"), d))
     return out
 
 
@@ -239,6 +283,13 @@ def closer_to_r(records: Sequence[Record], n_names: int = 8) -> CloserToR | None
     lg = next((r.logits for r in reversed(records) if r.logits and "A~R" in r.logits and "B~R" in r.logits), None)
     if lg and lg["A~R"].positions and lg["B~R"].positions:
         c.kl_r_a, c.kl_r_b = _num(lg["A~R"].positions[-1].kl_ba), _num(lg["B~R"].positions[-1].kl_ba)
+    kls = [(_num(p.kl_ba), _num(q.kl_ba)) for r in records if r.logits and "A~R" in r.logits and "B~R" in r.logits
+           for p, q in zip(r.logits["A~R"].positions, r.logits["B~R"].positions)]
+    kls = [(x, y) for x, y in kls if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
+    if kls:
+        c.n_kl = len(kls)
+        c.kl_mean_r_a, c.kl_mean_r_b = (math.fsum(k[j] for k in kls) / len(kls) for j in (0, 1))
+        c.by_kl = "A" if c.kl_mean_r_a < c.kl_mean_r_b else ("B" if c.kl_mean_r_b < c.kl_mean_r_a else None)
     return c
 
 
