@@ -489,9 +489,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _run_tui(session, **kw) -> int:
     try:
         from qdbg.tui import make_app
+        from qdbg.tui.keymap import user_keymap_path
     except ImportError as e:  # the TUI ships with the package; this only guards a broken install
         raise UsageError(f"the TUI is not available ({e}); use the headless commands") from None
-    app = make_app(session, **{k: v for k, v in kw.items() if v is not None})
+    # the user's key map ($XDG_CONFIG_HOME/qdbg/keys.toml), kernels prepared in the background
+    app = make_app(session, keymap_path=user_keymap_path(), warm_kernels=True,
+                   **{k: v for k, v in kw.items() if v is not None})
     app.run()
     return EXIT_USAGE if getattr(app, "load_error", None) else 0
 

@@ -1,5 +1,5 @@
-"""Snapshot tests of the TUI at 120x40 (pytest-textual-snapshot): the main screen, a breakpoint
-hit, the logits pane after a top-1 flip, and a breakpoint error shown inline.
+"""Snapshot tests of the TUI (pytest-textual-snapshot): the main screen at 80x24, 120x40 and 200x50, and
+at 120x40 a breakpoint hit, the logits pane after a top-1 flip, and a breakpoint error shown inline.
 
 Everything on screen is deterministic: seeded synthetic models with fixed file names, no clocks,
 no directories, cursor blinking off. Update after a deliberate change with
@@ -53,8 +53,10 @@ async def press(pilot, *keys: str) -> None:
         await settle(pilot)
 
 
-def test_main_screen(snap_compare, models):
-    """Run to the end, go back to ffn_out-1 and set a breakpoint on it."""
+@pytest.mark.parametrize("size", [(80, 24), SIZE, (200, 50)], ids=["80x24", "120x40", "200x50"])
+def test_main_screen(snap_compare, models, size):
+    """Run to the end, go back to ffn_out-1 and set a breakpoint on it: below 100 columns the panes
+    stack, from 160 the stats pane takes half the right side."""
     app = make_app(Session(dict(models), PROMPT))
 
     async def run_before(pilot):
@@ -62,7 +64,7 @@ def test_main_screen(snap_compare, models):
         pilot.app.screen.query_one(Input).value = "ffn_out-1"
         await press(pilot, "enter", "t")
 
-    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
 
 
 def test_breakpoint_hit(snap_compare, models):

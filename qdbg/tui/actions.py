@@ -26,7 +26,19 @@ def bare_message(e: ExpressionError) -> str:
 
 
 def run_verb(session: Any, verb: str, arg: Any, should_stop: Callable[[], bool]) -> Any:
-    """Call one Session verb by name; returns its Stop (None for set_scope)."""
+    """Call one Session verb by name; returns its Stop (None for set_scope). A wait for an op that
+    the user interrupted (qdbg.tui.prefetch.Interrupted) is an 'interrupted' stop where it was."""
+    from qdbg.tui.prefetch import Interrupted
+
+    try:
+        return _run_verb(session, verb, arg, should_stop)
+    except Interrupted:
+        from qdbg.session import Stop
+
+        return Stop("interrupted", session.current)
+
+
+def _run_verb(session: Any, verb: str, arg: Any, should_stop: Callable[[], bool]) -> Any:
     if verb == "step":
         return session.step()
     if verb == "run_to":
@@ -45,16 +57,30 @@ def run_verb(session: Any, verb: str, arg: Any, should_stop: Callable[[], bool])
             if st.reason == "end" or should_stop():
                 return st
         return session.step()
-    if verb == "restart":
+    if verb == "restart":   # before the first op, as at launch
+        from qdbg.session import Stop
+
         session.restart()
-        return session.step()
+        return Stop("restart", None)
     raise ValueError(f"unknown verb {verb!r}")
 
 
-def find_op(history: list, cursor: int, target: str, wrap: bool) -> Any:
+def check_scope(session: Any, value: str) -> None:
+    """UsageError unless `value` is 'last', 'all' or a position the run has or will have."""
+    from qdbg.errors import UsageError
+    from qdbg.scope import Scope
+
+    sc = Scope.parse(value)
+    n = len(session.tokens) + len(session.pending)
+    if sc.position is not None and sc.position >= n:
+        raise UsageError(f"scope {sc.position}: the run has {n} tokens (positions 0..{n - 1})")
+
+
+def find_op(history: list, cursor: int, target: str, wrap: bool, same_pass: bool = False) -> Any:
     """The first op after `cursor` (then from the start, if `wrap`) whose name is `target` or
     matches it as a glob, that reads the GGUF tensor `target` (`blk.7.ffn_down.weight`), or whose
-    layer is `target` when it is a number; None if none does."""
+    layer is `target` when it is a number; None if none does. With `same_pass`, only ops of the
+    cursor's pass count (from its start when wrapping)."""
     if target.strip().isdigit():
         layer = int(target)
 
@@ -64,6 +90,9 @@ def find_op(history: list, cursor: int, target: str, wrap: bool) -> Any:
         def want(r: Any) -> bool:
             return r.name == target or fnmatch.fnmatchcase(r.name, target) or r.weight == target
     order = history[cursor + 1:] + (history[: cursor + 1] if wrap else [])
+    if same_pass and 0 <= cursor < len(history):
+        step = history[cursor].step
+        order = [r for r in order if r.step == step]
     return next((r for r in order if want(r)), None)
 
 

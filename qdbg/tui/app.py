@@ -4,14 +4,14 @@ and the tests.
 The app owns no debugging logic: keys call the Session's verbs (step, back, next_layer, cont,
 run_to_end, run_to, set_scope, breakpoints) and the panes render the Records it returns. Verbs
 that may compute run in a thread worker that polls an Event between ops (Esc sets it) and posts
-past-tense messages back (RunProgressed, RunFinished, RunFailed); nothing else touches the
-session while a worker runs.
+past-tense messages back (RunFinished, RunFailed); nothing else touches the session's history
+while a worker runs. Ops are computed ahead in a background thread (qdbg.tui.prefetch) while the
+user reads; a verb waiting for a slow op names it in the status line and Esc ends the wait.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -19,11 +19,12 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.reactive import reactive
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer
+from textual.screen import ModalScreen
+from textual.widgets import OptionList, Static
 
 from qdbg.errors import ExpressionError, QdbgError
 from qdbg.tui import keys
-from qdbg.tui.actions import bare_message, find_op, logits_record, one_line, run_verb, write_file
+from qdbg.tui.actions import bare_message, check_scope, find_op, logits_record, one_line, run_verb, write_file
 from qdbg.tui.breakpoints_pane import BreakpointsPane
 from qdbg.tui.commands import QdbgCommands
 from qdbg.tui.confirm import ConfirmScreen
@@ -31,11 +32,14 @@ from qdbg.tui.diff_pane import DiffPane
 from qdbg.tui.fmt import op_expr
 from qdbg.tui.header import SessionHeader, pass_complete
 from qdbg.tui.help_screen import HelpScreen
+from qdbg.tui.keybar import KeyBar
+from qdbg.tui.keymap import load_keymap
 from qdbg.tui.layer_spark import LayerSpark
 from qdbg.tui.logits_pane import LogitsPane
 from qdbg.tui.messages import (BreakpointRemoveRequested, BreakpointToggleRequested, ExpressionSubmitted,
-                               FileWritten, LoadFailed, OpClicked, RunFailed, RunFinished, RunProgressed,
+                               FileWritten, LoadFailed, OpClicked, RunFailed, RunFinished,
                                SessionLoaded, WriteFailed)
+from qdbg.tui.prefetch import install as install_prefetch, uninstall as uninstall_prefetch
 from qdbg.tui.prompt import PromptScreen
 from qdbg.tui.stats_pane import StatsPane
 from qdbg.tui.timeline import Timeline
@@ -43,7 +47,11 @@ from qdbg.tui.timeline import Timeline
 DEFAULT_TRACE = "qdbg-trace.npz"
 DEFAULT_REPORT = "qdbg-report.md"
 PROGRESS_EVERY = 0.1
-"""Seconds between progress messages from a running verb (more would crowd out key presses)."""
+"""Seconds between status updates while a verb runs (more would crowd out key presses)."""
+SLOW_OP = 0.2
+"""An op computed for longer than this (seconds) is named in the status line while a verb waits."""
+MIN_SIZE = (60, 16)
+"""Below this many columns x rows the app says the terminal is too small instead of drawing panes."""
 
 
 class QdbgApp(App[None]):
@@ -52,17 +60,21 @@ class QdbgApp(App[None]):
     CSS_PATH = "qdbg.tcss"
     TITLE = "qdbg"
     COMMANDS = App.COMMANDS | {QdbgCommands}
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    # below 100 columns the panes stack; from 160 the stats pane takes half of the right side
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (160, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     COMMAND_BINDINGS = keys.BINDINGS
-    BINDINGS = COMMAND_BINDINGS
+    BINDINGS = COMMAND_BINDINGS + keys.HIDDEN_BINDINGS
 
     busy: reactive[str] = reactive("", init=False)
     """The verb a worker is running ('' when idle); the session is the worker's until it ends."""
 
     def __init__(self, session: Any, *, title: str | None = None, trace_path: str | Path | None = None,
-                 report_path: str | Path | None = None) -> None:
+                 report_path: str | Path | None = None, warm_kernels: bool = False) -> None:
         super().__init__()
+        self.warm_kernels = warm_kernels
+        self.warm_note = ""
+        """What the kernel warm-up thread last said ('' when done or not running)."""
         self._loader: Callable[[], Any] | None = None if _is_session(session) else session
         self.session: Any = session if _is_session(session) else None
         self.title = title or "qdbg"
@@ -72,6 +84,9 @@ class QdbgApp(App[None]):
         self.last_stop: Any = None
         self._stop = threading.Event()
         self._seen: tuple = (None, None, None)
+        self.prefetch: Any = None
+        self.keymap_path: Path | None = None
+        self.keymap_loaded: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         yield SessionHeader(id="header")
@@ -86,18 +101,40 @@ class QdbgApp(App[None]):
                 with Horizontal(id="bottom-row"):
                     yield LogitsPane(id="logits")
                     yield BreakpointsPane(id="breakpoints")
-        # every binding fits in 120 columns; ctrl+p still opens the palette (listed in `?` help)
-        yield Footer(compact=True, show_command_palette=False)
+        yield Static("", id="too-small")
+        # the keys that fit the width, help and quit always; ctrl+p opens the palette (in `?` help)
+        yield KeyBar(id="keybar")
 
     def on_mount(self) -> None:
         for wid, title in (("#timeline-pane", "ops  (rel_rms A~B)"), ("#stats", "stats"), ("#diff", "diff A~B"),
                            ("#logits", "logits"), ("#breakpoints", "breakpoints")):
             self.query_one(wid).border_title = title
+        self.header = self.query_one(SessionHeader)   # the state line, also while a modal is up
+        self._fit_size()
+        self.set_interval(PROGRESS_EVERY, self._show_progress)
         if self.session is not None:
             self._attach_session(self.session)
         else:
             self._set_state("loading…", "loading")
             self._load()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+        if self.session is not None:
+            uninstall_prefetch(self.session)
+
+    def on_resize(self) -> None:
+        self._fit_size()
+
+    def _fit_size(self) -> None:
+        w, h = self.size
+        small = w < MIN_SIZE[0] or h < MIN_SIZE[1]
+        main = self.screen_stack[0]
+        main.set_class(small, "-too-small")
+        if small:
+            main.query_one("#too-small", Static).update(
+                f"The terminal is too small for qdbg: {w}x{h}.\n"
+                f"It needs at least {MIN_SIZE[0]}x{MIN_SIZE[1]}; enlarge the window (q quits).")
 
     # -- session <-> views ------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="session", exit_on_error=False)
@@ -119,6 +156,10 @@ class QdbgApp(App[None]):
         self._set_state(f"cannot load: {msg.error}", "error")
 
     def _attach_session(self, session: Any) -> None:
+        # compute ahead while the user reads (the first ops also load or compile the kernels)
+        self.prefetch = install_prefetch(session, self._stop)
+        if self.warm_kernels and self.prefetch is not None and session.mode == "exact":
+            self._warm(session)
         for w in (SessionHeader, Timeline, LayerSpark, StatsPane, DiffPane, LogitsPane, BreakpointsPane):
             self.query_one(w).session = session
         self._refresh_views()
@@ -148,7 +189,7 @@ class QdbgApp(App[None]):
         self.screen.set_class(bool(busy), "-busy")
 
     def _set_state(self, text: str, kind: str = "") -> None:
-        header = self.query_one(SessionHeader)
+        header = self.header
         header.state, header.state_kind = text, kind
 
     def _can_act(self) -> bool:
@@ -171,14 +212,8 @@ class QdbgApp(App[None]):
     @work(thread=True, exclusive=True, group="session", exit_on_error=False)
     def _run_verb(self, verb: str, arg: Any) -> None:
         s, stop = self.session, self._stop
-        seen = [len(s.history), time.monotonic()]
 
         def should_stop() -> bool:
-            # report newly computed ops, at most every PROGRESS_EVERY s (keys stay responsive)
-            now = time.monotonic()
-            if len(s.history) != seen[0] and now - seen[1] >= PROGRESS_EVERY:
-                seen[:] = [len(s.history), now]
-                self.post_message(RunProgressed(verb, seen[0], s.cursor))
             return stop.is_set()
 
         try:
@@ -188,9 +223,38 @@ class QdbgApp(App[None]):
             return
         self.post_message(RunFinished(verb, st, arg))
 
-    def on_run_progressed(self, msg: RunProgressed) -> None:
-        if self.busy:
-            self._set_state(f"⟳ {keys.VERB_LABELS[msg.verb]}… {msg.n_ops} ops computed (Esc stops)", "running")
+    def _warm(self, session: Any) -> None:
+        """Compile (first run) or load the exact kernels in a background thread, the model's matmul
+        types first; the state line shows it while nothing else is going on."""
+        from qdbg.numerics.kernels import warmup
+
+        types = {t.qtype for m in session.models.values() for t in m.tensors.values() if len(t.shape) == 2}
+
+        def progress(what: str, done: int, total: int | None) -> None:
+            self.warm_note = "" if what == "exact kernels ready" else f"{what} ({done + 1}/{total})…"
+
+        warmup.warm_in_background(warmup.plan(types), progress)
+
+    def _show_progress(self) -> None:
+        """While a verb runs: ops so far and, past SLOW_OP seconds, the op being computed. Idle: a
+        first run's kernel compilation."""
+        header = self.header
+        if not self.busy:
+            if self.warm_note.startswith("compiling"):
+                self._set_state(f"⟳ {self.warm_note}", "loading")
+            elif header.state_kind == "loading" and header.state.startswith("⟳ compiling"):
+                self._set_state("kernels ready")
+            return
+        if self._stop.is_set() or self.session is None:
+            return
+        text = f"⟳ {keys.VERB_LABELS.get(self.busy, self.busy)}… {len(self.session.history)} ops"
+        st = self.prefetch.status() if self.prefetch is not None else None
+        if st is not None and st[1] >= SLOW_OP:
+            what, secs = st
+            text += f" · computing {what}… {secs:.1f} s"
+            if secs >= 1.0 and len(self.session.history) < 3:
+                text += " (a first run also compiles the kernels, once)"
+        self._set_state(text + " (Esc stops)", "running")
 
     def on_run_failed(self, msg: RunFailed) -> None:
         self.busy = ""
@@ -229,8 +293,8 @@ class QdbgApp(App[None]):
     def action_step(self) -> None:
         if self._can_act():
             s = self.session
-            if s.cursor < len(s.history) - 1:
-                self._show_stop(s.step())       # within history: instant
+            if s.cursor < len(s.history) - 1 or (self.prefetch is not None and self.prefetch.buffered()):
+                self._show_stop(s.step())       # within history, or computed ahead: instant
             else:
                 self._start("step")
 
@@ -263,6 +327,16 @@ class QdbgApp(App[None]):
             self._stop.set()
             self._set_state("stopping…", "running")
 
+    def action_focus_pane(self) -> None:
+        """Tab: the breakpoint list (its first row chosen), then its input, then the timeline."""
+        if isinstance(self.screen, ModalScreen):
+            self.screen.focus_next()
+            return
+        order = [self.query_one("#bp-list"), self.query_one("#bp-input"), self.query_one(Timeline)]
+        focused = self.focused
+        i = order.index(focused) + 1 if focused in order else 0
+        order[i % len(order)].focus()
+
     async def action_quit(self) -> None:
         self._stop.set()
         self.exit()
@@ -283,16 +357,23 @@ class QdbgApp(App[None]):
         """Jump to the next op matching `target` in history; else compute forward to it (a worker)."""
         if not target or not self._can_act():
             return
-        if self._goto_history(target, wrap=False):
+        try:
+            self.session.resolve(target) if not target.strip().isdigit() else None
+        except QdbgError as e:   # a name no op has: say so before computing anything
+            self._set_state(one_line(e), "error")
             return
-        if not pass_complete(self.session):
-            self._start("run_to", target)
+        s = self.session
+        if self._goto_history(target, wrap=False):      # ahead in the cursor's pass
+            return
+        here = s.current.step if s.current is not None else 0
+        if not s.history or (not pass_complete(s) and s.history[-1].step == here):
+            self._start("run_to", target)                # the pass is still being computed
         else:
-            self._goto_history(target, wrap=True)
+            self._goto_history(target, wrap=True)        # earlier in the cursor's pass
 
     def _goto_history(self, target: str, wrap: bool) -> bool:
         s = self.session
-        rec = find_op(s.history, s.cursor, target, wrap)
+        rec = find_op(s.history, s.cursor, target, wrap, same_pass=True)
         if rec is None:
             if wrap:
                 self._set_state(f"no op matches {target!r}", "error")
@@ -312,6 +393,11 @@ class QdbgApp(App[None]):
     def set_scope(self, value: str | None) -> None:
         """Change the session's scope ('last', 'all' or a position) in a worker."""
         if value and self._can_act():
+            try:
+                check_scope(self.session, value.strip())
+            except QdbgError as e:
+                self._set_state(one_line(e), "error")
+                return
             self._start("set_scope", value.strip())
 
     # -- breakpoints -------------------------------------------------------------------------
@@ -415,29 +501,60 @@ class QdbgApp(App[None]):
 
     # -- help --------------------------------------------------------------------------------
     def action_help(self) -> None:
-        keys: dict[str, list[str]] = {}
+        shown: dict[str, list[str]] = {}
         for key, ab in self.screen.active_bindings.items():
             if ab.binding.id:
-                keys.setdefault(ab.binding.id, []).append(self.get_key_display(ab.binding))
-        rows = [(" ".join(keys.get(b.id, [b.key])), b.tooltip or b.description, b.id or "")
+                shown.setdefault(ab.binding.id, []).append(self.get_key_display(ab.binding))
+        rows = [(" ".join(shown.get(b.id, [b.key])), b.tooltip or b.description, b.id or "")
                 for b in self.COMMAND_BINDINGS]
         rows.append(("ctrl+p", "command palette: every action by name", ""))
-        self.push_screen(HelpScreen(rows))
+        for b in keys.HIDDEN_BINDINGS:
+            rows.append((self._keymap.get(b.id, b.key), b.tooltip, b.id))
+        pane_rows = [("up down", "choose a breakpoint in the list", "")]
+        for b in BreakpointsPane.BINDINGS:
+            pane_rows.append((self._keymap.get(b.id, b.key).replace(",", " "), b.tooltip or b.description, b.id))
+        self.push_screen(HelpScreen(rows, pane_rows, self.keymap_note()))
+
+    def keymap_note(self) -> str:
+        """Where the user's key map is and what it changed, for the help screen."""
+        if self.keymap_path is None:
+            return "key map: defaults (no key map file was read)"
+        if self.keymap_loaded:
+            changed = ", ".join(f"{k} = {v!r}" for k, v in self.keymap_loaded.items())
+            return f"key map: {self.keymap_path} ({changed})"
+        return (f"key map: {self.keymap_path} (not present: create it to remap keys by id, "
+                f"e.g. [keys] step = \"j\")")
 
 
 def _is_session(obj: Any) -> bool:
     return hasattr(obj, "history") and hasattr(obj, "step")
 
 
+def binding_ids() -> list[str]:
+    """Every binding id a key map may name: the app's and the breakpoint pane's."""
+    return [b.id for b in keys.BINDINGS + keys.HIDDEN_BINDINGS + BreakpointsPane.BINDINGS if b.id]
+
+
 def make_app(session: Any, *, title: str | None = None, trace_path: str | Path | None = None,
-             report_path: str | Path | None = None, keymap: Mapping[str, str] | None = None) -> QdbgApp:
+             report_path: str | Path | None = None, keymap: Mapping[str, str] | None = None,
+             keymap_path: str | Path | None = None, warm_kernels: bool = False) -> QdbgApp:
     """The qdbg TUI over `session` — a Session / ReplaySession, or a zero-argument callable that
     builds one (it then runs in a worker while the screen shows 'loading…').
 
     `trace_path` / `report_path` are the defaults offered by save-trace (w) and export-report (r);
-    `keymap` remaps keys by binding id, e.g. {"step": "j", "back": "k"}.
+    `keymap` remaps keys by binding id, e.g. {"step": "j", "back": "k"}; `keymap_path` names a
+    TOML key map ([keys] step = "j", see qdbg.tui.keymap; the CLI passes the user's,
+    `user_keymap_path()`), applied first. A bad key map file is a QdbgError. `warm_kernels`
+    compiles (first run) or loads the exact kernels in a background thread at start-up, saying so.
     """
-    app = QdbgApp(session, title=title, trace_path=trace_path, report_path=report_path)
+    app = QdbgApp(session, title=title, trace_path=trace_path, report_path=report_path, warm_kernels=warm_kernels)
+    merged: dict[str, str] = {}
+    if keymap_path is not None:
+        app.keymap_path = Path(keymap_path)
+        app.keymap_loaded = load_keymap(app.keymap_path, binding_ids())
+        merged.update(app.keymap_loaded)
     if keymap:
-        app.set_keymap(dict(keymap))
+        merged.update(keymap)
+    if merged:
+        app.set_keymap(merged)
     return app

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Group
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -44,6 +44,17 @@ def bp_prompt(bp: Any) -> Text:
     return t
 
 
+class BreakpointList(OptionList):
+    """The list of breakpoints; focusing it chooses its first row if none is, so Space right after
+    Tab acts on a visible row."""
+
+    def on_focus(self, event: events.Focus) -> None:
+        if self.highlighted is None:
+            first = next((i for i in range(self.option_count) if not self.get_option_at_index(i).disabled), None)
+            if first is not None:
+                self.highlighted = first
+
+
 class BreakpointsPane(Vertical):
     """Set `session`, bump `revision` when its breakpoints change; `show_error` / `clear_error`."""
 
@@ -54,9 +65,10 @@ class BreakpointsPane(Vertical):
     BreakpointsPane > #bp-error.-empty { display: none; }
     """
     BINDINGS = [
-        Binding("delete,x", "remove_selected", "delete bp", id="bp.delete"),
-        Binding("space", "toggle_selected", "toggle bp", id="bp.toggle"),
-        Binding("escape", "leave", "done", id="bp.leave"),
+        Binding("space", "toggle_selected", "toggle bp", id="bp.toggle",
+                tooltip="enable/disable the chosen breakpoint (enter too)"),
+        Binding("x,delete", "remove_selected", "delete bp", id="bp.delete", tooltip="delete the chosen breakpoint"),
+        Binding("escape", "leave", "done", id="bp.leave", tooltip="leave the list or the input (keys step again)"),
     ]
 
     revision: reactive[int] = reactive(0, always_update=True)
@@ -66,7 +78,7 @@ class BreakpointsPane(Vertical):
         self.session: Any = None
 
     def compose(self) -> ComposeResult:
-        yield OptionList(id="bp-list")
+        yield BreakpointList(id="bp-list")
         yield Input(placeholder=PLACEHOLDER, id="bp-input")
         yield Static("", id="bp-error", classes="-empty")
 

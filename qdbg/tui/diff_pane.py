@@ -17,6 +17,10 @@ from qdbg.errors import QdbgError
 from qdbg.tui.fmt import NONFINITE, finite, fit_num, heat_color, lines, num, pct, piece_of, piece_text, row, spark
 
 N_TOP = 5
+HALF_MAX = 30
+"""Cells of one name/value column pair of the metrics at most."""
+NUM_MAX = 12
+"""Cells of a number column of the most divergent elements at most."""
 EMPTY = "no op yet — s steps"
 
 
@@ -36,15 +40,15 @@ def scoped_values(session: Any, rec: Any) -> tuple[Any, Any] | None:
 def metrics_lines(pair: dict, width: int) -> list[Text]:
     """The pairwise metrics in two name/value column pairs."""
     rel, amp = pair.get("rel_rms"), pair.get("amp")
-    half = (width - 2) // 2
-    widths = [7, half - 8, 8, width - half - 10]
+    half = min(HALF_MAX, (width - 2) // 2)   # a wide pane keeps names next to their values
+    widths = [7, half - 8, 8, min(HALF_MAX, width - half - 2) - 8]
     amp_t = Text(f"{num(amp, '.3g')}×" if amp is not None else "—",
                  style="bold red" if finite(amp) and amp > 1.5 else "")
     cells = [
         ("rel_rms", Text(pct(rel, 2), style=f"bold {heat_color(rel)}"), "sqnr", f"{num(pair.get('sqnr'), '.1f')} dB"),
         ("cos", num(pair.get("cos"), ".5f"), "amp", amp_t),
-        ("max_abs", num(pair.get("max_abs")), "mean_abs", num(pair.get("mean_abs"))),
-        ("max_rel", num(pair.get("max_rel"), ".3g"), "flips", num(pair.get("sign_flips"))),
+        ("max_abs", fit_num(pair.get("max_abs"), widths[1]), "mean_abs", fit_num(pair.get("mean_abs"), widths[3])),
+        ("max_rel", fit_num(pair.get("max_rel"), widths[1]), "flips", num(pair.get("sign_flips"))),
     ]
     return [row([Text(n1, style="bold"), v1, Text(n2, style="bold"), v2], widths, "lrlr", gap=1)
             for n1, v1, n2, v2 in cells]
@@ -68,28 +72,35 @@ def token_label(session: Any, pos: int | None) -> str:
     return f"{pos} {piece_text(piece_of(session, session.tokens[pos]), 8)}"
 
 
+def coordinate(session: Any, axis: str, i: int) -> str:
+    """One coordinate of an element: 'ch38', a vocabulary entry as its token text ('hat'), 'he3'."""
+    if axis == "channel":
+        return f"ch{i}"
+    if axis == "vocab":
+        return piece_text(piece_of(session, i), 8)
+    return f"{axis[:2]}{i}"
+
+
 def top_lines(session: Any, rec: Any, pair: dict, width: int) -> list[Text]:
     """The most divergent elements: coordinates (with the token when the scope spans several),
     A, B and |a-b|."""
     per_token = session.scope == "all" and "token" in rec.axes
-    fixed = [9, 7] if per_token else [7]
-    num_w = max(7, (width - sum(fixed) - len(fixed) - 2) // 3)
+    where_w = 11 if "vocab" in rec.axes else 7
+    fixed = [9, where_w] if per_token else [where_w]
+    num_w = min(NUM_MAX, max(6, (width - sum(fixed) - len(fixed) - 2) // 3))
     widths = fixed + [num_w] * 3
     aligns = "l" * len(fixed) + "rrr"
     head = (["tok"] if per_token else []) + ["where", "A", "B", "|Δ|"]
-    out = []
-    if not per_token and "token" in rec.axes:
-        out.append(Text.assemble(("most divergent at token ", "bold underline"),
-                                 (token_label(session, abs_position(session, rec, 0)), "bold underline")))
-    else:
-        out.append(Text("most divergent", style="bold underline"))
+    at_token = not per_token and "token" in rec.axes
+    where = f" at token {token_label(session, abs_position(session, rec, 0))}" if at_token else ""
     if not pair.get("top"):
-        return out[:1] + [Text("none: A and B agree exactly here", style="green")]
+        return [Text(f"A and B agree exactly{where}", style="bold green")]
+    out = [Text(f"most divergent{where}", style="bold underline")]
     out.append(row(head, widths, aligns, style="bold"))
     for e in (pair.get("top") or [])[:N_TOP]:
         at = dict(e.get("at") or {})
         i = at.pop("token", None)
-        where = " ".join(f"ch{v}" if k == "channel" else f"{k[:2]}{v}" for k, v in at.items())
+        where = " ".join(coordinate(session, k, v) for k, v in at.items())
         cells = [token_label(session, abs_position(session, rec, i))] if per_token else []
         cells += [where, *(fit_num(e.get(k), num_w) for k in ("a", "b", "abs_diff"))]
         out.append(row(cells, widths, aligns))

@@ -43,9 +43,17 @@ def num(x: Any, fmt: str = ".4g") -> str:
 
 
 def fit_num(x: Any, width: int) -> str:
-    """`num(x)` with as many significant digits (4, 3, 2) as fit in `width` cells."""
-    for fmt in (".4g", ".3g", ".2g"):
+    """`num(x)` with as many significant digits (4 down to 1) as fit in `width` cells, then in a
+    compact exponent form ('-1.2e-5', '-1e-5'), so a number is never cut ('-0.00…')."""
+    for fmt in (".4g", ".3g", ".2g", ".1g"):
         t = num(x, fmt)
+        if len(t) <= width:
+            return t
+    if not finite(x):
+        return t
+    for digits in (2, 1, 0):
+        m, _, e = format(float(x), f".{digits}e").partition("e")
+        t = f"{m}e{int(e)}"
         if len(t) <= width:
             return t
     return t
@@ -58,13 +66,19 @@ def pct(x: Any, digits: int = 1) -> str:
     return f"{100.0 * float(x):.{digits}f}%"
 
 
-def pct_diff(a: Any, b: Any) -> str:
-    """(a - b) / |b| as a signed percentage; '—' when either side is absent or b is zero."""
+def pct_diff(a: Any, b: Any, width: int = 8) -> str:
+    """(a - b) / |b| as a signed percentage in at most `width` cells ('+12.5%', '+4123%',
+    '+4e5%'); '—' when either side is absent or b is zero."""
     if not (finite(a) and finite(b)):
         return "—" if a is None or b is None else "nan"
     if b == 0:
         return "0.0%" if a == 0 else "—"
-    return f"{100.0 * (a - b) / abs(b):+.1f}%"
+    d = 100.0 * (a - b) / abs(b)
+    for t in (f"{d:+.1f}%", f"{d:+.0f}%"):
+        if len(t) <= width:
+            return t
+    m, _, e = format(d, "+.0e").partition("e")
+    return f"{m}e{int(e)}%"
 
 
 def heat(rel_rms: Any) -> float | None:

@@ -45,6 +45,35 @@ def token_text(session: Any, rec: Any) -> str:
     return f"token {pos} {piece_text(piece_of(session, tid)) if tid is not None else ''}".rstrip()
 
 
+def position_parts(session: Any) -> list[tuple[int, str, str]]:
+    """The position line's parts as (priority, full text, short text); 0 is kept longest."""
+    rec = session.current
+    layer = "—" if rec is None or rec.layer is None else str(rec.layer)
+    parts = [(1, f"mode {session.numerics_label()}", f"{session.mode}"), (3, f"scope {session.scope}", ""),
+             (0, position_text(session, rec), ""), (2, f"layer {layer}", f"L{layer}"),
+             (2, token_text(session, rec), ""), (4, f"pass {rec.step if rec else 0}", "")]
+    if rec is not None:
+        parts.insert(3, (0, rec.name, ""))
+    return parts
+
+
+def fit_parts(parts: list[tuple[int, str, str]], width: int, sep: str = " │ ") -> str:
+    """Join parts with `sep` in `width` cells: shorten, then drop, the least important first."""
+    cur = [(pr, full) for pr, full, _ in parts]
+    shorts = [short for _, _, short in parts]
+
+    def text() -> str:
+        return sep.join(t for _, t in cur if t)
+
+    for level in (4, 3, 2, 1):
+        if len(text()) <= width:
+            break
+        for i, (pr, t) in enumerate(cur):
+            if pr == level and len(text()) > width:
+                cur[i] = (pr, shorts[i])
+    return text()
+
+
 class SessionHeader(Widget):
     """Three lines: which models are compared, where the cursor is, what just happened."""
 
@@ -74,19 +103,18 @@ class SessionHeader(Widget):
         if s is None:
             out.append(" loading…\n\n")
         else:
+            width = self.content_region.width or 120
+            # every file name first; the quant mixes only if all of them fit too
+            mixes = sum(len(f" {lab}   {s.models[lab].path.name} [{s.models[lab].type_summary()}]  ")
+                        for lab in s.labels) + 5 <= width
             for lab in s.labels:
                 m = s.models[lab]
                 out.append(f" {lab} ", style="bold reverse")
                 out.append(f" {m.path.name} ", style="bold")
-                out.append(f"[{m.type_summary()}]  ", style="dim")
+                if mixes:
+                    out.append(f"[{m.type_summary()}]  ", style="dim")
             out.append("\n")
-            rec = s.current
-            layer = "—" if rec is None or rec.layer is None else str(rec.layer)
-            parts = [f"mode {s.numerics_label()}", f"scope {s.scope}", position_text(s, rec),
-                     f"layer {layer}", token_text(s, rec), f"pass {rec.step if rec else 0}"]
-            if rec is not None:
-                parts.insert(3, rec.name)
-            out.append(" │ ".join(parts))
+            out.append(fit_parts(position_parts(s), width))
             out.append("\n")
         if self.state:
             out.append(f" {self.state} ", style=STATE_STYLES.get(self.state_kind, "reverse"))

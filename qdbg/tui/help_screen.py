@@ -13,8 +13,9 @@ from textual.widgets import Static
 from qdbg.expr import ALIASES, VARIABLES
 
 
-def keys_table(rows: list[tuple[str, str, str]]) -> Table:
-    t = Table(title="keys", box=None, pad_edge=False, title_justify="left", title_style="bold")
+def keys_table(rows: list[tuple[str, str, str]], title: str = "keys") -> Table:
+    """Key, what it does, binding id (the name a key map uses)."""
+    t = Table(title=title, box=None, pad_edge=False, title_justify="left", title_style="bold")
     t.add_column("key", style="bold cyan", no_wrap=True)
     t.add_column("action")
     t.add_column("id", style="dim")
@@ -41,20 +42,26 @@ class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
     HelpScreen > VerticalScroll {
-        width: 100; height: 90%; padding: 0 1;
+        width: 100; max-width: 100%; height: 90%; padding: 0 1;
         border: thick $accent; background: $surface;
     }
     """
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close", id="help.close")]
 
-    def __init__(self, keys: list[tuple[str, str, str]]) -> None:
+    def __init__(self, keys: list[tuple[str, str, str]], pane_keys: list[tuple[str, str, str]] = (),
+                 keymap_note: str = "") -> None:
         super().__init__()
-        self.keys = keys
+        self.keys, self.pane_keys, self.keymap_note = keys, list(pane_keys), keymap_note
 
     def compose(self) -> ComposeResult:
         with VerticalScroll() as box:
             box.border_title = "qdbg help"
             yield Static(keys_table(self.keys))
+            if self.pane_keys:
+                yield Static(Text(""))
+                yield Static(keys_table(self.pane_keys, "breakpoint list (after tab)"))
+            if self.keymap_note:
+                yield Static(Text(f"\n{self.keymap_note}", style="dim"), id="keymap-note")
             yield Static(Text(""))
             yield Static(variables_table())
             yield Static(Text("\nOps are colored by rel_rms = ||a-b|| / ||b|| on a log scale: "

@@ -25,6 +25,12 @@ BINDINGS = [
     Binding("q", "quit", "quit", id="quit", tooltip="quit qdbg"),
 ]
 
+HIDDEN_BINDINGS = [
+    Binding("tab", "focus_pane", "next pane", id="focus_pane", show=False,
+            tooltip="focus the breakpoint list (first row chosen); again: its input, the timeline"),
+]
+"""Bindings kept out of the footer and the palette (listed in `?` help with the pane's keys)."""
+
 VERB_LABELS = {"step": "step", "next_layer": "next layer", "cont": "continue", "run_to_end": "run to end",
                "run_to": "go to", "set_scope": "scope", "decode": "decode", "restart": "restart"}
 """What the status line calls each verb run in a worker."""

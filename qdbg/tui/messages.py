@@ -23,15 +23,6 @@ class LoadFailed(Message):
 
 
 @dataclass
-class RunProgressed(Message):
-    """A running verb computed or walked past another op; `n_ops` ops are in history."""
-
-    verb: str
-    n_ops: int
-    cursor: int
-
-
-@dataclass
 class RunFinished(Message):
     """A verb run in a worker returned `stop` (a qdbg.session.Stop); `wanted` is a run_to target."""
 

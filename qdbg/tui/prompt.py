@@ -17,7 +17,7 @@ class PromptScreen(ModalScreen["str | None"]):
     DEFAULT_CSS = """
     PromptScreen { align: center middle; }
     PromptScreen > Vertical {
-        width: 72; height: auto; padding: 0 1;
+        width: 72; max-width: 100%; height: auto; padding: 0 1;
         border: thick $accent; background: $surface;
     }
     PromptScreen #hint { color: $text-muted; }

@@ -15,12 +15,14 @@ from qdbg.tui.fmt import NONFINITE, fit_num, lines, pct_diff, row
 ROWS = ("rms", "mean", "std", "min", "max", "absmax")
 N_FIRST = 4
 LABEL_W, DELTA_W = 7, 8
+SIDE_MAX = 14
+"""A side's column never grows past this (a wide pane keeps its numbers together)."""
 EMPTY = "no op yet — s steps"
 
 
 def stats_lines(rec: Any, labels: list[str], width: int) -> list[Text]:
     """Rows: the stats keys, NaN/Inf counts and the first values; columns: each side, then Δ% A vs B."""
-    side_w = max(6, (width - LABEL_W - DELTA_W - len(labels) - 1) // len(labels))
+    side_w = min(SIDE_MAX, max(6, (width - LABEL_W - DELTA_W - len(labels) - 1) // len(labels)))
     widths = [LABEL_W] + [side_w] * len(labels) + [DELTA_W]
     aligns = "l" + "r" * (len(labels) + 1)
     st = {lab: rec.stats.get(lab) or {} for lab in labels}

@@ -13,7 +13,7 @@ from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding
-from textual.geometry import Region, Size
+from textual.geometry import Size
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -93,7 +93,11 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
         """
         row = self._row_of.get(self.cursor)
         if row is not None:
-            self.scroll_to_region(Region(0, row, 1, 1), animate=False, immediate=True, center=True)
+            # computed here rather than by scroll_to_region, which does nothing while the scrollbars
+            # still reflect an older, shorter history (`e` from the start at 80x24)
+            h = self.scrollable_content_region.height or self.size.height
+            y = max(0, min(row - h // 2, len(self._rows) - h))
+            self.scroll_to(y=y, animate=False, immediate=True, force=True)
 
     def watch_hit(self) -> None:
         self.refresh()
