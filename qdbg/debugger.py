@@ -21,7 +21,7 @@ import numpy as np
 from qdbg import metrics
 from qdbg.breakpoints import Breakpoint, BreakpointList, variables_from
 from qdbg.errors import UsageError
-from qdbg.records import LogitsComparison, PairMetrics, Record, SideStats
+from qdbg.records import AUX_CROSS, AUX_SHADOW, AUX_SPLIT, LogitsComparison, PairMetrics, Record, SideStats
 from qdbg.scope import Scope
 from qdbg.source import OpSource, numerics_label
 
@@ -46,6 +46,32 @@ def centred(x: np.ndarray) -> np.ndarray:
         fin = np.where(np.isfinite(x), x, 0.0)
         n = np.maximum(np.isfinite(x).sum(axis=-1, keepdims=True), 1)
         return x - fin.sum(axis=-1, keepdims=True) / n
+
+
+def _finite(*xs: np.ndarray) -> list[np.ndarray]:
+    """The arrays flattened to float64, kept where all of them are finite."""
+    fs = [np.asarray(x, dtype=np.float64).reshape(-1) for x in xs]
+    ok = np.logical_and.reduce([np.isfinite(f) for f in fs])
+    return fs if ok.all() else [f[ok] for f in fs]
+
+
+def _ratio(num: float, den: float) -> float:
+    return (0.0 if num == 0 else math.inf) if den == 0 else num / den
+
+
+def split_rel(a: np.ndarray, b: np.ndarray, cross: np.ndarray) -> tuple[float, float]:
+    """(local, inherited) relative to ||b||: ||cross - b|| and ||a - cross|| where cross is A's op
+    on B's inputs (qdbg.attribution), over the elements finite in all three. The arrays add up:
+    (cross - b) + (a - cross) = a - b."""
+    fa, fb, fc = _finite(a, b, cross)
+    ref = metrics._norm(fb)
+    return _ratio(metrics._norm(fc - fb), ref), _ratio(metrics._norm(fa - fc), ref)
+
+
+def rel_to(x: np.ndarray, ref: np.ndarray) -> float:
+    """||x - ref|| / ||ref|| over the elements finite in both."""
+    fx, fr = _finite(x, ref)
+    return _ratio(metrics._norm(fx - fr), metrics._norm(fr))
 
 
 class Debugger:
@@ -141,14 +167,64 @@ class Debugger:
         self.history = []
         self.cursor = -1
 
+    # -- interventions (a live source only) ----------------------------------------------------
+    def _live(self) -> Any:
+        if not hasattr(self.source, "set_interventions"):
+            raise UsageError("a replay cannot patch or resync: it only shows what was recorded")
+        return self.source
+
+    @property
+    def patches(self) -> list[Any]:
+        """The weight patches in force (qdbg.live.Patch), in the order given."""
+        return list(getattr(self.source, "patches", []))
+
+    @property
+    def resyncs(self) -> list[Any]:
+        return list(getattr(self.source, "resyncs", []))
+
+    def add_patch(self, patch: Any) -> Any:
+        """Add a weight patch (a qdbg.live.Patch or 'GLOB=SIDE') and start over, keeping the
+        breakpoints and the decode steps queued so far. An equal patch already in force is kept once."""
+        from qdbg.live import Patch
+
+        p = patch if isinstance(patch, Patch) else Patch.parse(patch)
+        src = self._live()
+        self._reintervene([*[q for q in src.patches if q != p], p], src.resyncs)
+        return p
+
+    def remove_patch(self, i: int) -> Any:
+        """Remove the i-th patch (0-based, as `patches` lists them) and start over."""
+        src = self._live()
+        if not 0 <= i < len(src.patches):
+            raise UsageError(f"there is no patch {i + 1} ({len(src.patches)} in force)")
+        p = src.patches[i]
+        self._reintervene([q for j, q in enumerate(src.patches) if j != i], src.resyncs)
+        return p
+
+    def set_interventions(self, patches: Sequence[Any], resyncs: Sequence[Any]) -> None:
+        """Replace the patches and resyncs and start over (breakpoints and queued decodes kept)."""
+        self._live()
+        self._reintervene(list(patches), list(resyncs))
+
+    def _reintervene(self, patches: list[Any], resyncs: list[Any]) -> None:
+        src = self.source
+        queued, driver = len(src.tokens) - len(src.prompt) + len(src.pending), src.driver
+        forced = [t for t in src.pending if t is not None]
+        text = src.tokens[len(src.prompt):] + forced if driver == "text" else None
+        src.set_interventions(patches, resyncs)  # checks first: on error nothing changed
+        self.history, self.cursor = [], -1
+        if queued:
+            self.decode(queued, driver, text)
+
     def decode(self, n: int, driver: str = "a", text_tokens: Sequence[int] | None = None) -> None:
         """Queue n more tokens (driver 'a', 'b' or 'text'); see the source."""
         self.source.decode(n, driver, text_tokens)
 
     # -- measuring ----------------------------------------------------------------------------
-    def scoped(self, rec: Record, side: str) -> np.ndarray | None:
-        """One side's value of `rec` cut to the current scope (None if the scope misses it)."""
-        v = rec.values.get(side)
+    def scoped(self, rec: Record, side: str, values: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+        """One side's value of `rec` (or of `values`, e.g. rec.aux) cut to the current scope (None
+        if the scope misses it)."""
+        v = (rec.values if values is None else values).get(side)
         return None if v is None else self._scope.take(v, rec.axes, rec.positions, self.source.held_positions(rec))
 
     def _inputs_of(self, rec: Record) -> dict[str, Record]:
@@ -194,6 +270,39 @@ class Debugger:
                     for p in lc["positions"]:
                         p["pos"] = pos[p["pos"]]
                     rec.logits[f"{x}~{y}"] = LogitsComparison.from_json(lc)
+        self._measure_aux(rec, vals, cmp)
+
+    def _measure_aux(self, rec: Record, vals: dict[str, np.ndarray], cmp: dict[str, np.ndarray]) -> None:
+        """Attribution (local, inherited) and noise of A vs B from the values the live source
+        computed beside the sides (Record.aux), under the current scope; at the logits, each
+        position's noise floor of A's top-2 margin."""
+        ab = rec.pairs.get("A~B")
+        if ab is None or not rec.aux:
+            return
+        logits = rec.name == "result_output"
+        aux = {k: self.scoped(rec, k, rec.aux) for k in rec.aux}
+        a, b = cmp["A"], cmp["B"]
+        cross = aux.get(AUX_CROSS)
+        if cross is not None:
+            c = centred(cross) if logits else cross
+            ab.local, ab.inherited = split_rel(a, b, c)
+        shadow = aux.get(AUX_SHADOW)
+        if shadow is not None:
+            ab.noise = rel_to(a, centred(shadow) if logits else shadow)
+        if logits and rec.logits and "A~B" in rec.logits:
+            shadows = [aux[k] for k in (AUX_SHADOW, AUX_SPLIT) if aux.get(k) is not None]
+            if shadows:
+                from qdbg.noise import margin_floor
+
+                lc = rec.logits["A~B"]
+                floor = margin_floor(vals["A"], shadows)
+                for i, p in enumerate(lc.positions):
+                    p.noise_floor = float(floor[i])
+                labels = getattr(self.source, "shadow_labels", None)
+                if labels is None and hasattr(self.source, "trace") and rec.index < len(self.source.trace.records):
+                    was = (self.source.trace.records[rec.index].logits or {}).get("A~B")  # a replay: as recorded
+                    labels = None if was is None else was.noise_shadows
+                lc.noise_shadows = list(labels or [])[:len(shadows)]
 
     def variables(self, rec: Record) -> dict[str, Any]:
         """The breakpoint variables of a record (A vs B)."""

@@ -10,6 +10,18 @@ every side. Two interventions change the run, and every op they touch is labelle
 - activation resync (`Resync("l_out-*")`): after each matching op, A goes on from B's output, so
   the error measured downstream is what the following ops add themselves. The op's A value stays
   what A computed (its local error is visible); only what A feeds forward is B's.
+
+Two measurements ride along (`Record.aux`, measured by the debugger under its scope):
+
+- attribution (`attribution=True`, the default): right after both sides computed an op, A's op is
+  evaluated again on B's inputs of the same pass (qdbg.attribution.recompute), f_A(x_B), so the
+  difference splits into what the op adds itself (local = f_A(x_B) - f_B(x_B)) and what it
+  inherited (f_A(x_A) - f_A(x_B)). One extra op evaluation per op on A's side.
+- noise (`noise=True`): a shadow of A with the other flash-attention setting (llama.cpp's other,
+  equally valid kernels) runs alongside, aligned by op name (ops only one setting has, kq and
+  kq_soft_max, have no shadow value), with A's weight patches and resyncs; and at the logits a
+  second shadow with another micro-batch split (qdbg.noise.SplitShadow) gives each position's
+  logits once more. The spread of A's top-2 margin over the shadows is the noise floor.
 """
 
 from __future__ import annotations
@@ -22,10 +34,11 @@ import numpy as np
 
 from qdbg.catalogue import Catalogue, pass_ops
 from qdbg.engine.forward import Engine
+from qdbg.engine.graph import last_reads, pass_ops as graph_ops
 from qdbg.engine.result import OpResult
 from qdbg.errors import ModelMismatchError, UsageError
 from qdbg.numerics import DEFAULT_MODE, RunSettings
-from qdbg.records import Record
+from qdbg.records import AUX_CROSS, AUX_SHADOW, AUX_SPLIT, Record
 from qdbg.scope import Scope
 from qdbg.source import DRIVERS
 
@@ -68,7 +81,8 @@ class LiveSource:
 
     def __init__(self, models: dict[str, Any], tokens: Sequence[int], *, mode: str = DEFAULT_MODE,
                  settings: RunSettings | None = None, pieces: Any = None,
-                 patches: Sequence[Patch] = (), resyncs: Sequence[Resync] = ()) -> None:
+                 patches: Sequence[Patch] = (), resyncs: Sequence[Resync] = (), attribution: bool = True,
+                 noise: bool = False) -> None:
         if "A" not in models or "B" not in models:
             raise UsageError("a session needs models A and B")
         if not tokens:
@@ -86,26 +100,32 @@ class LiveSource:
         self.mode = mode
         self.settings = settings or RunSettings()
         self.pieces = pieces
-        self.patches = list(patches)
-        self.resyncs = list(resyncs)
-        for p in self.patches:
+        self.attribution = attribution
+        self.noise = noise
+        self.engines: dict[str, Engine] = {}
+        self.catalogue = Catalogue(pass_ops(models["A"].config, self.settings.flash_attn))
+        self.set_interventions(patches, resyncs)
+
+    def set_interventions(self, patches: Sequence[Patch], resyncs: Sequence[Resync]) -> None:
+        """Replace the weight patches and resyncs (checked first: on a UsageError nothing changes)
+        and start over."""
+        patches, resyncs = list(patches), list(resyncs)
+        for p in patches:
             if p.side not in self.labels:
                 raise UsageError(f"--patch {p.glob}={p.side}: there is no side {p.side} (give --ref for R)")
-        self.engines: dict[str, Engine] = {}
-        self.reset()
-        self.catalogue = Catalogue(pass_ops(models["A"].config, self.settings.flash_attn))
-        self._weight_patches = self._patched_weights()  # checks the globs before any op
-        for r in self.resyncs:
+        weights = self._patched_weights(patches)  # checks the globs before any op
+        for r in resyncs:
             if not self.catalogue.match_names(r.glob):
                 raise UsageError(f"--resync {r.glob}: no op matches (ops are named like l_out-5)")
+        self.patches, self.resyncs, self._weight_patches = patches, resyncs, weights
         self.reset()
 
     # -- interventions ------------------------------------------------------------------------
-    def _patched_weights(self) -> dict[str, dict[str, Any]]:
+    def _patched_weights(self, patches: Sequence[Patch]) -> dict[str, dict[str, Any]]:
         """label -> {tensor name: Weight from the patch's side}."""
         out: dict[str, dict[str, Any]] = {}
         names = list(self.models["A"].tensors)
-        for p in self.patches:
+        for p in patches:
             hit = [n for n in names if fnmatch.fnmatchcase(n, p.glob)]
             if not hit:
                 raise UsageError(f"--patch {p.glob}={p.side}: no tensor matches (tensors are named like "
@@ -142,6 +162,22 @@ class LiveSource:
             hook = self._resync_hook() if lab == "A" and self.resyncs else None
             self.engines[lab] = Engine(m, self.mode, overrides=hook, weight_overrides=wp.get(lab),
                                        settings=self.settings)
+        self.shadow: Engine | None = None
+        self.split_shadow: Any = None
+        if self.noise:
+            from qdbg.noise import SplitShadow, shadow_settings
+
+            flash, *split = shadow_settings(self.settings, len(self.prompt))
+            split = split if not self.resyncs else []  # a resync's B values fit only A's own passes
+            self.shadow_labels = [flash[0]] + [lab for lab, _ in split]
+            self.shadow = Engine(self.models["A"], self.mode, overrides=self._resync_hook() if self.resyncs else None,
+                                 weight_overrides=wp.get("A"), settings=flash[1])
+            self._shadow_names = {o.name for o in graph_ops(self.models["A"].config, flash[1].flash_attn)}
+            if split:
+                self.split_shadow = SplitShadow(self.models["A"], self.prompt, mode=self.mode, settings=split[0][1],
+                                                weight_overrides=wp.get("A"))
+        self._ops = graph_ops(self.models["A"].config, self.settings.flash_attn)
+        self._free_after = {self._ops[i].name: names for i, names in last_reads(self._ops).items()}
         self._chunks = self.engines["A"].ubatches(self.prompt)
         self.tokens = list(self.prompt)
         self.pending: list[int | None] = []
@@ -173,6 +209,33 @@ class LiveSource:
     # -- computing ops ------------------------------------------------------------------------
     def _start_pass(self, tokens: Sequence[int]) -> None:
         self._gens = {lab: e.forward(tokens) for lab, e in self.engines.items()}
+        self._env_b: dict[str, np.ndarray] = {}  # B's values of this pass, for A's op on B's inputs
+        self._shadow_gen = None if self.shadow is None else self.shadow.forward(tokens)
+        self._shadow_vals: dict[str, np.ndarray] = {}
+
+    def _shadow_value(self, name: str) -> np.ndarray | None:
+        """The flash-attention shadow's value of op `name` in this pass (None: the shadow has no
+        such op). The shadow is pulled forward until it yields `name`."""
+        if self._shadow_gen is None or name not in self._shadow_names:
+            return None
+        while name not in self._shadow_vals:
+            r = next(self._shadow_gen, None)
+            if r is None:
+                return None
+            self._shadow_vals[r.name] = r.computed if r.computed is not None else r.value
+        return self._shadow_vals.pop(name)
+
+    def _cross(self, a: OpResult, b: OpResult) -> np.ndarray | None:
+        """f_A(x_B): A's op on B's inputs of this pass (None if one is missing)."""
+        from qdbg.attribution import recompute
+
+        if a.kind == "embed":
+            return a.computed if a.computed is not None else a.value
+        try:
+            ins = [self._env_b[n] for n in b.inputs]
+        except KeyError:
+            return None
+        return recompute(a, ins, self.engines["A"], kv=self.engines["B"])
 
     def next_op(self, index: int) -> Record | None:
         while True:
@@ -211,9 +274,27 @@ class LiveSource:
             rec.interventions.append("resync A<-B")
         if a.weight:
             rec.interventions += [p.label() for p in self.patches if fnmatch.fnmatchcase(a.weight, p.glob)]
+        b = results["B"]
+        if self.attribution:
+            cross = self._cross(a, b)
+            if cross is not None:
+                rec.aux[AUX_CROSS] = cross
+        self._env_b[b.name] = b.value
+        for n in self._free_after.get(b.name, ()):
+            self._env_b.pop(n, None)
+        if self.shadow is not None:
+            sv = self._shadow_value(a.name)
+            if sv is not None:
+                rec.aux[AUX_SHADOW] = sv
         if a.name == "result_output":
             self._gens = None
             self._last_logits = {lab: r.value for lab, r in results.items()}
+            if self._shadow_gen is not None:
+                for _ in self._shadow_gen:  # the shadow's pass ends with A's
+                    pass
+                self._shadow_gen = None
+            if self.split_shadow is not None:
+                rec.aux[AUX_SPLIT] = self.split_shadow.rows(a.positions, self.tokens)
         return rec
 
     def _next_token(self, forced: int | None) -> int:

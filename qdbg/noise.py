@@ -92,6 +92,54 @@ def noise_floor(model: Any, tokens: Sequence[int], *, mode: str = DEFAULT_MODE,
     return NoiseFloor(floor=floor, base_margin=base_m, shadows=labels)
 
 
+class SplitShadow:
+    """A run of `model` over `prompt` with another micro-batch split (`settings`), handing out its
+    logits by absolute position as a lockstep run reaches them (qdbg.live, `--noise`): the prompt
+    in its own micro-batches, then each later token alone, as the base run feeds them."""
+
+    def __init__(self, model: Any, prompt: Sequence[int], *, mode: str = DEFAULT_MODE,
+                 settings: RunSettings | None = None, weight_overrides: Any = None) -> None:
+        from qdbg.engine.forward import Engine
+
+        self.engine = Engine(model, mode, settings=settings or RunSettings(), weight_overrides=weight_overrides)
+        self._chunks = self.engine.ubatches([int(t) for t in prompt])
+        self._fed = 0
+        self._rows: dict[int, np.ndarray] = {}
+
+    def _run(self, chunk: Sequence[int]) -> None:
+        last = None
+        for last in self.engine.forward(chunk):
+            pass
+        assert last is not None and last.name == "result_output"
+        for i, p in enumerate(last.positions):
+            self._rows[p] = last.value[i]
+        self._fed += len(chunk)
+
+    def rows(self, positions: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
+        """The shadow's logits at `positions` [len(positions), n_vocab]; `tokens` is every token the
+        base run has fed so far (the shadow feeds itself from it)."""
+        for p in positions:
+            while p not in self._rows:
+                if self._chunks:
+                    self._run(self._chunks.pop(0))
+                elif self._fed < len(tokens):
+                    self._run([int(tokens[self._fed])])
+                else:
+                    raise ValueError(f"split shadow: no token at position {p}")
+        return np.stack([self._rows.pop(p) for p in positions])
+
+
+def margin_floor(base: np.ndarray, shadows: Sequence[np.ndarray]) -> np.ndarray:
+    """Per row of `base` logits: the largest |shadow margin - base margin| over `shadows` (logits of
+    the same rows), margins taken on base's own top-2 ids (the definition above)."""
+    base_m, ids = top2_margin(base)
+    floor = np.zeros_like(base_m)
+    for sh in shadows:
+        m, _ = top2_margin(sh, ids)
+        floor = np.maximum(floor, np.abs(m - base_m))
+    return floor
+
+
 def within_noise(margin_a: float | None, margin_b: float | None, floor: float) -> bool:
     """A flip is within the noise when either side's top-2 margin is at most the floor."""
     ms = [m for m in (margin_a, margin_b) if m is not None]

@@ -172,8 +172,10 @@ class PairMetrics(Typed):
 
     At `result_output` the logits are compared *centred* (each row minus its mean over the
     vocabulary), so a uniform shift that softmax ignores counts for nothing; `centred` says so.
-    `local`, `inherited` and `noise` are reserved for per-op attribution (qdbg.attribution):
-    absent (None) until it fills them.
+    `local` and `inherited` split the difference (qdbg.attribution: what this op adds itself, and
+    what it carried in with its inputs; both relative to ||y||, so with their arrays
+    local + inherited = a - y); `noise` is A against a shadow of A with the other flash-attention
+    setting (`--noise`). Absent (None) where not measured.
     """
 
     shape: list = metric("[nat]")
@@ -197,10 +199,11 @@ class PairMetrics(Typed):
     amp: float | None = metric("num?", "amp", "rel_rms / rel_rms of the op's inputs")
     top: list = metric("[dict]")
     centred: bool | None = metric("bool?", since=2)
-    local: float | None = metric("num?", "local", "error this op adds itself (attribution; absent until computed)", 2)
+    local: float | None = metric("num?", "local", "||f_A(x_B) - f_B(x_B)|| / ||f_B(x_B)||: the error this op adds itself", 2)
     inherited: float | None = metric("num?", "inherited",
-                                     "error carried in from the op's inputs (attribution; absent until computed)", 2)
-    noise: float | None = metric("num?", "noise", "error expected from rounding alone (attribution; absent until computed)", 2)
+                                     "||f_A(x_A) - f_A(x_B)|| / ||f_B(x_B)||: the error carried in with the inputs", 2)
+    noise: float | None = metric("num?", "noise",
+                                 "rel_rms of A against A with the other flash-attention setting (--noise; absent otherwise)", 2)
 
     REQUIRED: ClassVar[tuple[str, ...]] = (
         "shape", "n", "n_compared", "n_nonfinite", "nan_a", "inf_a", "nan_b", "inf_b", "first_nonfinite",
@@ -256,6 +259,9 @@ class LogitsPosition(Typed):
     topk_overlap: float | None = metric("num", "topk_overlap", "|topk(A) & topk(B)| / k (logits only)")
     rank_b_of_a_top1: int | None = metric("nat", "rank", "1-based rank in B of A's top-1 (logits only)")
     rank_a_of_b_top1: int | None = metric("nat")
+    noise_floor: float | None = metric("num?", "noise_floor",
+                                       "how far llama.cpp's own variation moves A's top-2 margin here (--noise; logits only)",
+                                       2)
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("a", "b")
     SIDE_VARIABLES: ClassVar[dict[str, tuple[str, str]]] = {
@@ -277,6 +283,7 @@ class LogitsComparison(Typed):
     k: int = metric("nat", default=0)
     flip_positions: list = metric("[nat]")
     positions: list = metric("[dict]", typ=LogitsPosition)
+    noise_shadows: list | None = metric("[str]?", since=2)
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("positions",)
 
@@ -291,13 +298,20 @@ class LogitsComparison(Typed):
 
 # ---- one op across the sides ------------------------------------------------------------------
 
+AUX_CROSS = "A.xB"          # A's op on B's inputs (attribution)
+AUX_SHADOW = "A.shadow"     # the flash-attention shadow of A (noise)
+AUX_SPLIT = "A.split"       # logits of the micro-batch-split shadow of A (noise, result_output only)
+AUX_LABELS = (AUX_CROSS, AUX_SHADOW, AUX_SPLIT)
+
 @dataclass(eq=False)
 class Record:
     """One op across all sides: identity, values, per-side stats and pairwise metrics.
 
     `stats` maps a side (A, B, R) to SideStats; `pairs` and `logits` map a pair key ("A~B",
     "A~R", "B~R") to PairMetrics and (at result_output) LogitsComparison. `interventions` names
-    what the live source did to this op (e.g. "resync A<-B"), empty when nothing.
+    what the live source did to this op (e.g. "resync A<-B"), empty when nothing. `aux` holds
+    values the live source computed beside the sides' (AUX_CROSS, AUX_SHADOW, AUX_SPLIT), which
+    the debugger turns into PairMetrics' local/inherited/noise and the logits' noise floor.
     """
 
     index: int
@@ -316,6 +330,7 @@ class Record:
     pairs: dict[str, PairMetrics] = field(default_factory=dict, repr=False)
     logits: dict[str, LogitsComparison] | None = field(default=None, repr=False)
     interventions: list[str] = field(default_factory=list)
+    aux: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def pair(self) -> PairMetrics:

@@ -75,11 +75,14 @@ class Session(Debugger):
         settings: RunSettings | None = None,
         patches: Sequence[Patch | str] = (),
         resyncs: Sequence[Resync | str] = (),
+        attribution: bool = True,
+        noise: bool = False,
     ) -> None:
         scope = parse_scope(scope)
         src = LiveSource(models, tokens, mode=mode, settings=settings, pieces=pieces,
                          patches=[p if isinstance(p, Patch) else Patch.parse(p) for p in patches],
-                         resyncs=[r if isinstance(r, Resync) else Resync(str(r)) for r in resyncs])
+                         resyncs=[r if isinstance(r, Resync) else Resync(str(r)) for r in resyncs],
+                         attribution=attribution, noise=noise)
         super().__init__(src, scope=scope, top_k=top_k)
 
     @property

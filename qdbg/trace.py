@@ -24,7 +24,7 @@ import numpy as np
 
 from qdbg.errors import TraceError, UsageError
 from qdbg.metrics import piece_text
-from qdbg.records import Record
+from qdbg.records import AUX_LABELS, Record
 from qdbg.scope import Scope
 from qdbg.util import atomic_write, check_output
 
@@ -129,8 +129,9 @@ def _selected(tr: Trace, rec: Record) -> int | None:
 def _plan(tr: Trace, budget: int) -> dict[int, tuple[tuple[int, ...], dict[str, np.ndarray]]]:
     """Choose what tensors to save within `budget` bytes; fills tr.tensors; index -> (positions, arrays)."""
     have = {r.index: r for r in tr.records if r.values}
-    total = sum(v.nbytes for r in have.values() for v in r.values.values())
-    plan = {i: (tr.tensor_positions[i], dict(r.values)) for i, r in have.items()}
+    arrays = {i: {**r.values, **r.aux} for i, r in have.items()}  # aux: attribution/noise values (qdbg.records)
+    total = sum(v.nbytes for a in arrays.values() for v in a.values())
+    plan = {i: (tr.tensor_positions[i], dict(arrays[i])) for i in have}
     policy = "full"
     if total > budget:
         policy = "position"
@@ -138,11 +139,11 @@ def _plan(tr: Trace, budget: int) -> dict[int, tuple[tuple[int, ...], dict[str, 
         for i, r in have.items():
             vp, p = tr.tensor_positions[i], _selected(tr, r)
             if "token" not in r.axes:
-                plan[i] = (vp, dict(r.values))
+                plan[i] = (vp, dict(arrays[i]))
             elif p is not None and p in vp:
                 ax, j = r.axes.index("token"), vp.index(p)
                 sl = (slice(None),) * ax + (slice(j, j + 1),)  # [.., n_pos, ..] -> [.., 1, ..] (a view)
-                plan[i] = ((p,), {lab: v[sl] for lab, v in r.values.items()})
+                plan[i] = ((p,), {lab: v[sl] for lab, v in arrays[i].items()})
         size = {i: sum(v.nbytes for v in a.values()) for i, (_, a) in plan.items()}
         if sum(size.values()) > budget:  # keep the ops nearest the cursor that fit
             policy, kept, used = "partial", {}, 0
@@ -356,7 +357,7 @@ def _load(z: zipfile.ZipFile, fsize: int) -> Trace:
     if extra or len({r[2] for r in refs}) != len(refs):
         raise TraceError(f"entries not matching the manifest: {sorted(extra)[:3] or 'duplicated references'}")
     for rec, lab, entry, shape, dtype in refs:
-        rec.values[lab] = _read_npy(z, by[entry], fsize, shape=shape, dtype=dtype)
+        (rec.aux if lab in AUX_LABELS else rec.values)[lab] = _read_npy(z, by[entry], fsize, shape=shape, dtype=dtype)
     return tr
 
 

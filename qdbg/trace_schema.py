@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from qdbg.breakpoints import BreakpointList
 from qdbg.errors import QdbgError, TraceError
 from qdbg.debugger import PAIRS
-from qdbg.records import (LogitsComparison, LogitsPosition, LogitsSide, PairMetrics, Record, SideStats,
+from qdbg.records import (AUX_LABELS, LogitsComparison, LogitsPosition, LogitsSide, PairMetrics, Record, SideStats,
                            decode_float, to_json_value)
 from qdbg.scope import ALL as SCOPE_ALL, LAST as SCOPE_LAST
 
@@ -274,7 +274,7 @@ def _record_from(r: Any, i: int, tr: Trace, refs: list) -> Record:
     for lab, t in r["tensors"].items():
         tw = f"{w}.tensors.{lab}"
         _fields(t, TENSOR, tw, tuple(TENSOR))
-        if lab not in tr.labels:
+        if lab not in tr.labels and lab not in AUX_LABELS:  # aux: attribution/noise values (v2)
             raise TraceError(f"manifest: {tw}: unknown side")
         if t["dtype"] not in DTYPES:
             raise TraceError(f"manifest: {tw}.dtype {t['dtype']!r} is not one of {', '.join(DTYPES)}")

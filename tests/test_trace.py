@@ -110,8 +110,8 @@ def test_nonfinite_metrics_round_trip(live, tmp_path):
 
 def test_budget_keeps_selected_position(live, tmp_path):
     s, _, _, _ = live
-    total = sum(v.nbytes for r in s.history for v in r.values.values())
-    sliced = sum(v.nbytes // len(r.positions) for r in s.history for v in r.values.values())
+    total = sum(v.nbytes for r in s.history for v in {**r.values, **r.aux}.values())
+    sliced = sum(v.nbytes // len(r.positions) for r in s.history for v in {**r.values, **r.aux}.values())
     p = save_trace(s, tmp_path / "pos.qtrace", tensor_budget_bytes=sliced)
     tr = load_trace(p)
     assert tr.tensors["policy"] == "position" and tr.tensors["saved_bytes"] == sliced < total
