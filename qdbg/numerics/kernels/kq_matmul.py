@@ -30,6 +30,7 @@ import numpy as np
 
 from qdbg.numerics.kernels.kq_unpack import (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, stage_row, unpack_codes,
                                               unpack_scales)
+from qdbg.numerics.kernels.kq_simd import kq_sums_4_1, kq_sums_4_4
 from qdbg.numerics.kernels.nb import fma32, hsum8, jit
 
 VEC_DOT, TILED, REPACK = 0, 1, 2
@@ -44,19 +45,6 @@ def _i32(v):
 
 
 @jit(inline="always")
-def _chunks(w, q, b, c):
-    """c[j] = w . q over the 4 elements 4j..4j+3 of block b (int32); chunk j is in AVX2 int32
-    lane j % 8."""
-    o = b * 256
-    wb = w[o:o + 256]
-    qb = q[o:o + 256]
-    for j in range(64):
-        c[j] = _i32(np.int32(wb[4 * j]) * np.int32(qb[4 * j]) + np.int32(wb[4 * j + 1]) * np.int32(qb[4 * j + 1])
-                    + np.int32(wb[4 * j + 2]) * np.int32(qb[4 * j + 2])
-                    + np.int32(wb[4 * j + 3]) * np.int32(qb[4 * j + 3]))
-
-
-@jit(inline="always")
 def _dot(w16, q, o, n):
     """sum(w16[o:o+n] * q[o:o+n]) in int32 (w16 = scale * code)."""
     wb = w16[o:o + n]
@@ -68,13 +56,13 @@ def _dot(w16, q, o, n):
 
 
 @jit
-def _vec_dot(qt, w16, sc, mn, xd, xdm, q, yd, bs, nb, c, acc, accm):
+def _vec_dot(qt, sc, mn, xd, xdm, yd, bs, nb, c, acc, accm):
+    """c: the token's sums of 4 (kq_simd, G = 4), c[b*64 + j] over elements 4j..4j+3 of block b."""
     for k in range(8):
         acc[k] = F32(0.0)
         accm[k] = F32(0.0)
     summs = F32(0.0)
     for b in range(nb):
-        _chunks(w16, q, b, c)
         dd = yd[b] * xd[b]
         dmn = -yd[b] * xdm[b]
         bo = b * 16
@@ -95,7 +83,7 @@ def _vec_dot(qt, w16, sc, mn, xd, xdm, q, yd, bs, nb, c, acc, accm):
         for k in range(8):
             lk = np.int32(0)
             for g in range(8):
-                lk = _i32(lk + c[8 * g + k])
+                lk = _i32(lk + c[b * 64 + 8 * g + k])
             if qt == Q6_K:
                 lk = lk - 32 * (sc[b, 2 * k] * np.int32(bs[bo + 2 * k]) + sc[b, 2 * k + 1] * np.int32(bs[bo + 2 * k + 1]))
             acc[k] = fma32(dd, F32(lk), acc[k])
@@ -179,7 +167,9 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
     mn = np.empty((nb, 16), np.int32)
     xd = np.empty(nb, F32)
     xdm = np.empty(nb, F32)
-    c = np.empty(64, np.int32)
+    qf = q.reshape(n_tok * n_in)
+    ng = n_in // 4
+    sums = np.empty(n_tok * ng if path == VEC_DOT else 0, np.int32)
     w16 = np.empty(n_in, np.int16)
     sce = np.empty(n_in, np.int16)
     sce64 = sce.view(np.uint64)
@@ -203,9 +193,18 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
                 sce64[4 * j + u] = v
         for e in range(n_in):               # scale * code: a block's sums are plain dots
             w16[e] = sce[e] * w[e]
+        if path == VEC_DOT:                 # sums of 4 (the AVX2 lanes), 4 tokens per pass over w16
+            t = 0
+            while t < n_tok:
+                if t + 4 <= n_tok:
+                    kq_sums_4_4(w16, qf, t * n_in, n_in, n_in, sums, t * ng, ng)
+                    t += 4
+                else:
+                    kq_sums_4_1(w16, qf, t * n_in, n_in, n_in, sums, t * ng, ng)
+                    t += 1
         for t in range(n_tok):
             if path == VEC_DOT:
-                out[t, r] = _vec_dot(qt, w16, sc, mn, xd, xdm, q[t], yd[t], bs[t], nb, c, acc, accm)
+                out[t, r] = _vec_dot(qt, sc, mn, xd, xdm, yd[t], bs[t], nb, sums[t * ng:(t + 1) * ng], acc, accm)
             elif path == TILED:
                 out[t, r] = _tiled(qt, w16, sc, mn, xd, xdm, q[t], yd[t], bs[t], nb)
             else:
