@@ -21,12 +21,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from qdbg.noise import within_noise
 from qdbg.records import LogitsComparison, Record
 
 THRESHOLDS = (("rel_rms", ">", 0.01), ("rel_rms", ">", 0.05), ("rel_rms", ">", 0.1),
               ("sqnr", "<", 30.0), ("sqnr", "<", 20.0))
 N_AMP = 5
 NEAR_TIE_SIGMAS = 3.0
+WITHIN = "within llama.cpp's own variation"
+"""The verdict of a flip where A's or B's top-2 margin is at most the noise floor (--noise)."""
 PAIR_KEYS = ("A~B", "A~R", "B~R")
 
 
@@ -81,9 +84,12 @@ class NonFinite:
 class Flip:
     """One (pass, position) of A vs B at the logits: the picks, margins and the verdict.
 
-    verdict: 'decisive' | 'near-tie' | 'unweighable' for a flip; 'safe' | 'fragile' when the
-    sides agree (margin above or within the noise). `r_top1` is R's pick when R ran, and
-    `a_agrees_r`/`b_agrees_r` whether each side picks it."""
+    verdict: for a flip, WITHIN ("within llama.cpp's own variation") when the noise floor was
+    measured (--noise) and A's or B's margin is at most it; else 'near-tie' when the swing is within
+    NEAR_TIE_SIGMAS x sqrt(2) x the logit error (`noise`), 'decisive' above it, 'unweighable'
+    without numbers. When the sides agree: 'safe' | 'fragile' (A's margin above or within those).
+    `noise_floor` is the floor at this position (None without --noise). `r_top1` is R's pick when
+    R ran, and `a_agrees_r`/`b_agrees_r` whether each side picks it."""
 
     step: int
     pos: int
@@ -104,6 +110,24 @@ class Flip:
     b_agrees_r: bool | None = None
     kl_a_r: float | None = None
     kl_b_r: float | None = None
+    noise_floor: float | None = None
+
+    def because(self) -> str:
+        """The verdict with its numbers, one line: 'decisive: margins A 1.2, B 0.9 above the noise
+        floor 0.05; swing 2.1 > near-tie 0.6'."""
+        def f(v: float | None) -> str:
+            return "?" if v is None else f"{v:.3g}"
+
+        m = f"margins A {f(self.margin_a)}, B {f(self.margin_b)}"
+        fl = "" if self.noise_floor is None else f" noise floor {f(self.noise_floor)}"
+        sw = f"swing {f(self.swing)} vs near-tie {f(self.noise)}"
+        if self.verdict == WITHIN:
+            return f"{WITHIN}: {m} <={fl}"
+        if self.verdict == "decisive":
+            return f"decisive: {m}" + (f" above the{fl}" if fl else "") + f"; {sw}"
+        if self.verdict == "near-tie":
+            return f"near-tie: {sw}" + (f"; {m} above the{fl}" if fl else "")
+        return f"{self.verdict}: {m}" + (f";{fl}" if fl else "")
 
 
 @dataclass
@@ -209,7 +233,9 @@ def logit_error(rec: Record) -> float | None:
     return e if e is not None and math.isfinite(e) else None
 
 
-def _weigh(p: Any, noise: float | None) -> tuple[float | None, str]:
+def _weigh(p: Any, noise: float | None, floor: float | None = None) -> tuple[float | None, str]:
+    """(swing, verdict) at one position; `floor` is llama.cpp's own variation of A's top-2 margin
+    there (qdbg.noise, --noise), None when not measured."""
     at, bt = p.a.top, p.b.top
     x, y = at[0], bt[0]
     ma, mb = _num(p.a.margin), _num(p.b.margin)
@@ -217,10 +243,13 @@ def _weigh(p: Any, noise: float | None) -> tuple[float | None, str]:
         ga = next((x["logit"] - t["logit"] for t in at if t["id"] == y["id"]), ma)
         gb = next((y["logit"] - t["logit"] for t in bt if t["id"] == x["id"]), mb)
         swing = ga + gb if _num(ga) is not None and _num(gb) is not None else None
+        if floor is not None and within_noise(ma, mb, floor):
+            return swing, WITHIN
         if swing is None or noise is None or not math.isfinite(swing):
             return swing, "unweighable"
         return swing, "near-tie" if swing <= noise else "decisive"
-    safe = ma is not None and noise is not None and math.isfinite(ma) and ma > noise
+    safe = (ma is not None and noise is not None and math.isfinite(ma) and ma > noise
+            and (floor is None or ma > floor))
     return None, "safe" if safe else "fragile"
 
 
@@ -244,9 +273,11 @@ def flips(records: Sequence[Record], every: bool = False) -> list[Flip]:
             p = ab.positions[i]
             if not p.a.top or not p.b.top:
                 continue
-            swing, verdict = _weigh(p, noise)
+            floor = _num(p.noise_floor)
+            swing, verdict = _weigh(p, noise, floor)
             f = Flip(rec.step, p.pos, bool(p.flip), p.a.top[0]["id"], p.b.top[0]["id"], p.a.top[0].get("piece"),
                      p.b.top[0].get("piece"), _num(p.a.margin), _num(p.b.margin), swing, e, noise, verdict)
+            f.noise_floor = floor
             if ar is not None and br is not None and i < len(ar.positions) and i < len(br.positions):
                 pr, qr = ar.positions[i], br.positions[i]
                 if pr.b.top:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from qdbg.findings import Findings, divergence_born
 from qdbg.records import PairMetrics, Record
 
@@ -33,3 +35,36 @@ def test_ranks_ops_and_tensors_by_local_error() -> None:
 def test_nothing_measured_is_empty() -> None:
     born = divergence_born([_rec(0, "q-0", 0, None, "blk.0.attn_q.weight")])
     assert born.ops == [] and born.tensors == [] and born.n_measured == 0
+
+
+def _logits_rec(margin_a: float, margin_b: float, floor: float | None, b_std: float = 1.0,
+                rel: float = 0.01) -> Record:
+    from qdbg.records import LogitsComparison, LogitsPosition, LogitsSide, SideStats
+
+    a = LogitsSide(top=[{"id": 5, "piece": "x", "logit": 10.0}, {"id": 7, "piece": "y", "logit": 10.0 - margin_a}],
+                   margin=margin_a)
+    b = LogitsSide(top=[{"id": 7, "piece": "y", "logit": 9.0}, {"id": 5, "piece": "x", "logit": 9.0 - margin_b}],
+                   margin=margin_b)
+    r = Record(index=0, name="result_output", kind="logits", layer=None, step=0, positions=(3,),
+               axes=("token", "vocab"), inputs=(), weight="output.weight", weight_types={}, ggml_name=None)
+    r.pairs["A~B"] = PairMetrics(rel_rms=rel, centred=True)
+    r.stats["B"] = SideStats(std=b_std)
+    r.logits = {"A~B": LogitsComparison(positions=[LogitsPosition(pos=3, a=a, b=b, flip=True, top1_agree=False,
+                                                                  noise_floor=floor)], flip_positions=[3])}
+    return r
+
+
+def test_flip_verdicts_weigh_the_noise_floor() -> None:
+    from qdbg.findings import NEAR_TIE_SIGMAS, WITHIN, flips
+
+    near = NEAR_TIE_SIGMAS * 2 ** 0.5 * 0.01  # the near-tie threshold at rel_rms 0.01, std 1
+    (f,) = flips([_logits_rec(0.5, 0.4, 0.1)])
+    assert f.verdict == "decisive" and f.swing == pytest.approx(0.9) and f.noise_floor == 0.1 and f.noise == pytest.approx(near)
+    assert "above the noise floor 0.1" in f.because()
+    (f,) = flips([_logits_rec(0.5, 0.05, 0.1)])
+    assert f.verdict == WITHIN == "within llama.cpp's own variation"
+    assert f.because().startswith("within llama.cpp's own variation: margins A 0.5, B 0.05 <= noise floor 0.1")
+    (f,) = flips([_logits_rec(0.02, 0.01, 0.001)])  # above the floor, but a swing within the logit error
+    assert f.verdict == "near-tie" and f.swing == pytest.approx(0.03) < near
+    (f,) = flips([_logits_rec(0.5, 0.05, None)])  # no floor measured: the margins are not weighed against it
+    assert f.verdict == "decisive" and f.noise_floor is None
