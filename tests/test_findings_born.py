@@ -65,6 +65,6 @@ def test_flip_verdicts_weigh_the_noise_floor() -> None:
     assert f.verdict == WITHIN == "within llama.cpp's own variation"
     assert f.because().startswith("within llama.cpp's own variation: margins A 0.5, B 0.05 <= noise floor 0.1")
     (f,) = flips([_logits_rec(0.02, 0.01, 0.001)])  # above the floor, but a swing within the logit error
-    assert f.verdict == "near-tie" and f.swing == pytest.approx(0.03) < near
+    assert f.verdict == "near-tie" and f.swing == pytest.approx(0.03) and f.swing < near
     (f,) = flips([_logits_rec(0.5, 0.05, None)])  # no floor measured: the margins are not weighed against it
     assert f.verdict == "decisive" and f.noise_floor is None
