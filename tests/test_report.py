@@ -50,12 +50,15 @@ def engines_with(monkeypatch):
 def test_sections_and_live_equals_reloaded(paths, tmp_path):
     s = _run(paths, {"A": "A", "B": "B", "R": "R"})
     text = render_report(s)
-    for sec in ("# qdbg report", "## Configuration", "quant mix", "- Architecture: llama, 2 layers",
-                "## Findings", "### Top-1 flips", "### Closer to R", "### First op over each threshold",
-                "### Largest amplifiers", "## Pass 0: prompt, positions 0–5", "## Pass 1: decode of",
+    for sec in ("# qdbg report", "## Summary", "**Verdict:**", "**Where the divergence is born:**",
+                "**Closer to R:**", "by KL at the logits", "### Plots", "## Error through the layers",
+                "## Layers that matter", "## Appendix", "### Configuration", "quant mix",
+                "- Architecture: llama, 2 layers", "### Findings in full", "### Top-1 flips", "### Closer to R",
+                "### Where the divergence is born", "### First op over each threshold",
+                "### Ops adding the most error", "### Pass 0: prompt, positions 0–5", "### Pass 1: decode of",
                 "#### Error accumulation", "`l_out-1`", "#### Final top-k", "KL(x‖y)", "top-k overlap",
-                "### Ops by layer", "#### Embedding", "#### Layer 0", "#### Layer 1", "#### Output",
-                "rms A", "rms B", "rms R", "first values", "Q4_K/Q5_K/F16"):
+                "#### Ops by layer", "##### Embedding", "##### Layer 0", "##### Layer 1", "##### Output",
+                "rms A", "rms B", "rms R", "first values", "Q4_K/Q5_K/F16", "error added"):
         assert sec in text, sec
     path = save_trace(s, tmp_path / "t.qtrace", tensor_budget_bytes=0)
     assert render_report(load_trace(path)) == text
@@ -76,7 +79,8 @@ def test_identical_sides(paths):
     text = render_report(_run(paths, {"A": "A", "B": "twin"}, decode=0))
     assert "no flip" in text and "flipped" not in text
     assert "| rel_rms > 0.01 | never |" in text and "| sqnr < 20 dB | never |" in text
-    assert "No op amplifies" in text and "Closer to R" not in text
+    assert "No op adds a measurable error." in text and "Closer to R" not in text
+    assert "**Ops adding the most error:** none" in text
     assert "| `l_out-1` | 0 | inf | 1.000000 |" in text
 
 
@@ -106,6 +110,9 @@ def test_flip_weighed_against_logit_error(paths, engines_with, noise, verdict):
     line = next(x for x in text.splitlines() if x.startswith("- Pass 0, position 5:"))
     assert "**top-1 flipped**" in line and verdict in line, line
     assert "A's top-2 margin" in line and "logit error rms" in line
+    summary = text.split("## Error through the layers")[0]
+    assert "**Verdict:** A and B pick **different next tokens** at 1 position(s) in 1 of 1 pass(es)" in summary
+    assert "- **The flip:** " + line[2:] in summary
 
 
 def test_nan_is_shown_not_fatal(paths, engines_with, tmp_path):
@@ -117,7 +124,8 @@ def test_nan_is_shown_not_fatal(paths, engines_with, tmp_path):
     s = _run(paths, {"A": "A", "B": "B", "R": "R"})
     text = render_report(s)
     assert "**Non-finite values** first appear at `ffn_out-0` (pass 0): A: 1 NaN, 0 Inf" in text
-    assert "NaN" in text.split("#### Layer 1")[1]
+    assert "NaN" in text.split("##### Layer 1")[1]
+    assert "- **NaN/Inf:** first at `ffn_out-0` (pass 0): A: 1 NaN, 0 Inf." in text.split("## Error through")[0]
     path = save_trace(s, tmp_path / "nan.qtrace")
     assert render_report(load_trace(path)) == text
 
@@ -139,16 +147,17 @@ def test_number_formatting():
 
 
 def test_long_models_collapse_layers(paths, monkeypatch, tmp_path):
-    import qdbg.report as rep
+    import qdbg.report.tables as rep
     from qdbg.report import write_report
 
     monkeypatch.setattr(rep, "COLLAPSE_LAYERS", 2)
     s = _run(paths, {"A": "A", "B": "B"}, decode=0)
     text = render_report(s)
     assert "<details open><summary>Embedding: 1 ops" in text  # inp_embd crosses rel_rms > 0.01
-    assert "#### Layer 0" not in text and "<summary>Layer 1: " in text
-    p = write_report(s, tmp_path / "r.md")
-    assert p.read_text(encoding="utf-8") == text
+    assert "##### Layer 0" not in text and "<summary>Layer 1: " in text
+    p = write_report(s, tmp_path / "r.md", plots=False)
+    assert p.read_text(encoding="utf-8") == render_report(s, no_images="not asked for.")
+    assert "No images: not asked for." in p.read_text(encoding="utf-8")
 
 
 def test_any_valid_trace_renders(paths, tmp_path):
