@@ -156,6 +156,10 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
                    help="tensors matching GLOB come from SIDE on the other side(s), e.g. 'blk.7.*=B' (repeatable)")
     p.add_argument("--resync", dest="resyncs", action="append", metavar="OP_GLOB",
                    help="after ops matching OP_GLOB, A continues from B's output, e.g. 'l_out-*' (repeatable)")
+    p.add_argument("--noise", action="store_true",
+                   help="measure llama.cpp's own variation: a shadow of A with the other flash-attention setting "
+                        "per op (breakpoint variable noise) and another micro-batch split at the logits (each "
+                        "flip's noise floor)")
 
 
 def _print_json(obj: object) -> None:
@@ -386,7 +390,7 @@ def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
         pieces = None
     s = Session(models, ids, mode=args.mode, pieces=pieces, settings=settings_from_args(args),
                 scope=getattr(args, "scope", "last"), patches=getattr(args, "patches", None) or (),
-                resyncs=getattr(args, "resyncs", None) or ())
+                resyncs=getattr(args, "resyncs", None) or (), noise=bool(getattr(args, "noise", False)))
     s.prompt_text = getattr(args, "prompt", None)
     _add_breaks(s, args)
     return s, {lab: m.path.name for lab, m in models.items()}
@@ -613,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the built-in Q4_K_M vs Q5_K_M pair in the TUI, no download needed")
     p.add_argument("--prompt", help="another prompt for the demo model")
     _add_numerics_args(p)
+    p.add_argument("--noise", action="store_true", help="measure llama.cpp's own variation (as run --noise)")
     p.add_argument("--break", dest="breaks", action="append", metavar="EXPR")
     p.add_argument("--headless", action="store_true", help="run to the end and print, no TUI")
     p.add_argument("--json", action="store_true")

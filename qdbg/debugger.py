@@ -212,7 +212,7 @@ class Debugger:
         forced = [t for t in src.pending if t is not None]
         text = src.tokens[len(src.prompt):] + forced if driver == "text" else None
         src.set_interventions(patches, resyncs)  # checks first: on error nothing changed
-        self.history, self.cursor = [], -1
+        self.restart()
         if queued:
             self.decode(queued, driver, text)
 

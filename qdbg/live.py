@@ -105,10 +105,12 @@ class LiveSource:
         self.engines: dict[str, Engine] = {}
         self.catalogue = Catalogue(pass_ops(models["A"].config, self.settings.flash_attn))
         self.set_interventions(patches, resyncs)
+        self.reset()
 
     def set_interventions(self, patches: Sequence[Patch], resyncs: Sequence[Resync]) -> None:
-        """Replace the weight patches and resyncs (checked first: on a UsageError nothing changes)
-        and start over."""
+        """Replace the weight patches and resyncs (checked first: on a UsageError nothing changes);
+        they take effect at the next `reset` (the debugger's restart), so a prefetching wrapper can
+        quiesce first."""
         patches, resyncs = list(patches), list(resyncs)
         for p in patches:
             if p.side not in self.labels:
@@ -118,7 +120,6 @@ class LiveSource:
             if not self.catalogue.match_names(r.glob):
                 raise UsageError(f"--resync {r.glob}: no op matches (ops are named like l_out-5)")
         self.patches, self.resyncs, self._weight_patches = patches, resyncs, weights
-        self.reset()
 
     # -- interventions ------------------------------------------------------------------------
     def _patched_weights(self, patches: Sequence[Patch]) -> dict[str, dict[str, Any]]:

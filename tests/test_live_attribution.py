@@ -133,3 +133,29 @@ def test_trace_keeps_attribution_noise_and_their_tensors(pair, tmp_path) -> None
     for r1, r2 in zip(s.history, r.history):
         assert (r2.pair.local, r2.pair.noise) == (r1.pair.local, r1.pair.noise), r1.name
     assert r.final().noise_shadows == s.final().noise_shadows == ["flash_attn=on", "ubatch=2"]
+
+
+def test_add_and_remove_patch_restart_keeping_breakpoints(pair) -> None:
+    s = _session(pair)
+    bp = s.add_breakpoint("op == 'ffn_out-1'")
+    s.run_to_end()
+    before = s.history[-1].values["A"].copy()
+    assert len(s.tokens) == len(TOKENS) + 1
+    p = s.add_patch("blk.*.ffn_down.weight=B")
+    assert s.history == [] and s.cursor == -1 and list(s.breakpoints) == [bp]
+    assert [q.glob for q in s.patches] == ["blk.*.ffn_down.weight"] and s.interventions()[0]["side"] == "B"
+    assert s.pending == [None]  # the decode step queued again
+    st = s.cont()
+    assert st.reason == "breakpoint" and st.record.name == "ffn_out-1"
+    # A's ffn_down now computes with B's weights: the op adds no error of its own
+    assert st.record.pair.local == 0.0 and st.record.interventions == ["patch blk.*.ffn_down.weight: A<-B"]
+    s.run_to_end()
+    assert not np.array_equal(s.history[-1].values["A"], before)
+    with pytest.raises(Exception, match="no tensor matches"):
+        s.add_patch("blk.9.nothing=B")
+    assert len(s.patches) == 1  # a bad patch changes nothing
+    assert s.remove_patch(0) == p and s.patches == []
+    s.run_to_end()
+    assert np.array_equal(s.history[-1].values["A"], before)
+    with pytest.raises(Exception, match="no patch 1"):
+        s.remove_patch(0)
