@@ -4,7 +4,10 @@ Part of the CLI layer (it prints with Rich). The JSON document is
 {"stops": [{"op", "layer", "pass", "breakpoints", "metrics", "logits"?}], "breakpoints": [{"id", "expr",
 "hits", "every", ...}], "final": {..., "r_top_k"?, "A~R"?, "B~R"?}, "flips": [every flipped (pass,
 position) with margins, swing, noise and verdict], "findings": {...} (qdbg.findings), "scope",
-"interventions", "tokens": [...], "text": the decoded continuation or null}. Non-finite numbers are
+"interventions", "verdict": {the last position's verdict with its numbers: "decisive", "within llama.cpp's
+own variation", "near-tie", ...}, "tokens": [...], "text": the decoded continuation or null}; every
+stop's metrics carry local/inherited (attribution) and noise (--noise), findings.born ranks ops and
+tensors by local error. Non-finite numbers are
 {"$float": "nan" | "inf" | "-inf"}, as in traces. "pass" is the 0-based forward pass (one llama_decode
 micro-batch), the word the report and the TUI use; the trace file's record field keeps its name `step`
 (docs/TRACE_FORMAT.md). Token pieces are text, or null where a piece's bytes are not UTF-8, with the
@@ -25,7 +28,9 @@ from qdbg.session import Session, Stop
 
 STOP_METRICS = tuple(PairMetrics.variables())   # the breakpoint variables of the pair metrics
 STOP_LOGITS = tuple(LogitsPosition.variables()) + tuple(LogitsPosition.SIDE_VARIABLES)
-TABLE_METRICS = ("rel_rms", "sqnr", "cos", "max_rel", "amp")
+TABLE_METRICS = ("rel_rms", "local", "inherited", "sqnr", "cos", "amp")
+N_BORN = 8
+"""Ops and tensors listed under "where the divergence is born" in the text output."""
 
 
 def jsonable(x: Any) -> Any:
@@ -112,8 +117,27 @@ def flips_json(s: Session) -> list[dict[str, Any]]:
                     d[f"{side}_piece"] = e["piece"]
                     if "piece_bytes" in e:
                         d[f"{side}_piece_bytes"] = e["piece_bytes"]
+            d["because"] = f.because()
             out.append(d)
     return out
+
+
+def verdict_json(s: Session) -> dict[str, Any] | None:
+    """The final verdict of the last pass's last position: 'decisive', "within llama.cpp's own
+    variation", 'near-tie' (or 'unweighable') for a flip, 'safe'/'fragile' when A and B agree,
+    with the numbers (qdbg.findings.Flip)."""
+    from qdbg.findings import flips
+
+    rec = next((r for r in reversed(s.history) if r.logits), None)
+    if rec is None:
+        return None
+    last = [f for f in flips([rec], every=True)]
+    if not last:
+        return None
+    f = last[-1]
+    return {"pass": f.step, "pos": f.pos, "flip": f.flip, "verdict": f.verdict, "because": f.because(),
+            "margin_a": f.margin_a, "margin_b": f.margin_b, "swing": f.swing, "near_tie": f.noise,
+            "noise_floor": f.noise_floor, "noise_shadows": rec.logits["A~B"].noise_shadows}
 
 
 def decoded_text(s: Session) -> str | None:
@@ -181,7 +205,7 @@ def print_results(s: Session, stops: list[Stop], as_json: bool, names: dict[str,
                "interventions": s.interventions(),
                "tokens": s.tokens, "text": decoded_text(s), "breakpoints": [b.to_json() for b in s.breakpoints],
                "stops": [stop_json(st) for st in stops], "final": final_json(s), "flips": flips_json(s),
-               "findings": Findings.of(s.history).to_json()}
+               "verdict": verdict_json(s), "findings": Findings.of(s.history).to_json()}
         sys.stdout.write(json.dumps(jsonable(doc), allow_nan=False) + "\n")
         return
     from qdbg.cli_progress import plain_table, stdout_console
@@ -228,21 +252,42 @@ def print_results(s: Session, stops: list[Stop], as_json: bool, names: dict[str,
             con.print(f"{key}: top-1 {'agrees' if q['top1_agree'] else 'DIFFERS'}   KL({key[0]}||R) {_fmt(q['kl'])}   "
                       f"KL(R||{key[0]}) {_fmt(q['kl_r'])}   JS {_fmt(q['js'])}   rel_rms {_fmt(q['rel_rms'])}",
                       highlight=False)
+    _print_born(con, s)
+    v = verdict_json(s)
+    if v is not None:
+        con.print(f"verdict (pass {v['pass']}, position {v['pos']}): {v['because']}", highlight=False)
     flips = flips_json(s)
     if flips:
-        t = plain_table("pass", "pos", "A picks", "B picks", "margin A", "margin B", "swing", "noise", "verdict",
+        t = plain_table("pass", "pos", "A picks", "B picks", "margin A", "margin B", "swing", "near-tie", "floor",
+                        "verdict",
                         *(("R picks",) if any(x["r_id"] is not None for x in flips) else ()),
                         title=f"top-1 flips ({len(flips)})")
         for x in flips:
             tok = {side: _token({"id": x[f"{side}_id"], "piece": x[f"{side}_piece"],
                                  "piece_bytes": x.get(f"{side}_piece_bytes")}) for side in ("a", "b", "r")}
             t.add_row(str(x["step"]), str(x["pos"]), tok["a"], tok["b"], _fmt(x["margin_a"]), _fmt(x["margin_b"]),
-                      _fmt(x["swing"]), _fmt(x["noise"]), x["verdict"],
+                      _fmt(x["swing"]), _fmt(x["noise"]), _fmt(x["noise_floor"]), x["verdict"],
                       *((tok["r"] if x["r_id"] is not None else "-",)
                         if any(y["r_id"] is not None for y in flips) else ()))
         con.print(t)
     else:
         con.print("no top-1 flip at any measured position (scope: {})".format(s.scope), highlight=False)
+
+
+def _print_born(con: Any, s: Session) -> None:
+    """'where the divergence is born': ops and tensors ranked by the error they add themselves."""
+    from qdbg.cli_progress import plain_table
+    from qdbg.findings import divergence_born
+
+    born = divergence_born(s.history, top=N_BORN)
+    if not born.ops:
+        return
+    t = plain_table("op", "pass", "tensor", "types A/B", "local", "inherited", "rel_rms",
+                    title="where the divergence is born (A vs B, relative to ||B||)")
+    for b in born.ops:
+        t.add_row(b.name, str(b.step), b.weight or "-", f"{b.type_a or '-'}/{b.type_b or '-'}", _fmt(b.local),
+                  _fmt(b.inherited), _fmt(b.total))
+    con.print(t)
 
 
 def _token(e: dict) -> str:
