@@ -468,7 +468,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from qdbg.trace import load_trace
 
     trace = load_trace(_existing_file(args.trace))
-    write_report(trace, args.output or "-")
+    write_report(trace, args.output or "-", on_image=lambda p: print(f"wrote {p}", file=sys.stderr))
     if args.output and args.output != "-":
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

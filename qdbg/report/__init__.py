@@ -180,7 +180,8 @@ def write_report(obj: Trace | Session, path: str | os.PathLike, *, plots: bool =
             why = (f"matplotlib is not installed: `{qplots.INSTALL}`, then write the report again."
                    if tr.records else "no ops recorded yet.")
         else:
-            images = _draw(tr, Findings.of(tr.records), Path(path).resolve(), on_image) or None
+            md = Path(path).resolve() if Path(path).is_symlink() else Path(path)  # beside the file a link names
+            images = _draw(tr, Findings.of(tr.records), md, on_image) or None
             why = None if images else "nothing to plot (no layer outputs or logits recorded)."
     write_text(path, render_report(tr, images=images, no_images=why, **kw))
     return Path(path)

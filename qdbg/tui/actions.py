@@ -57,6 +57,10 @@ def _run_verb(session: Any, verb: str, arg: Any, should_stop: Callable[[], bool]
             if st.reason == "end" or should_stop():
                 return st
         return session.step()
+    if verb == "patch":     # ("add", Patch) or ("remove", index): restart, re-run to the end (breakpoints kept)
+        what, x = arg
+        (session.add_patch if what == "add" else session.remove_patch)(x)
+        return session.run_to_end(should_stop=should_stop)
     if verb == "restart":   # before the first op, as at launch
         from qdbg.session import Stop
 
@@ -118,9 +122,8 @@ def write_file(kind: str, session: Any, path: Path) -> None:
         save_trace(session, path)
         return
     try:
-        from qdbg.report import render_report
+        from qdbg.report import write_report
     except ImportError:
         raise QdbgError("reports need qdbg.report, which is not available") from None
-    from qdbg.util import write_text
 
-    write_text(path, render_report(session))
+    write_report(session, path)  # and its images beside it (qdbg.report.plots), when matplotlib is there
