@@ -64,7 +64,7 @@ class QdbgApp(App[None]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (160, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     COMMAND_BINDINGS = keys.BINDINGS
-    BINDINGS = COMMAND_BINDINGS + keys.HIDDEN_BINDINGS
+    BINDINGS = COMMAND_BINDINGS + keys.HIDDEN_BINDINGS + keys.UNLISTED_BINDINGS
 
     busy: reactive[str] = reactive("", init=False)
     """The verb a worker is running ('' when idle); the session is the worker's until it ends."""
@@ -271,6 +271,11 @@ class QdbgApp(App[None]):
             self._goto_history(msg.wanted, wrap=True)
             return
         self._show_stop(msg.stop)
+        if msg.verb == "patch":
+            from qdbg.tui.patches import flip_state, patch_effect
+
+            label = msg.wanted[1].label() if msg.wanted[0] == "add" else "patch removed"
+            self._set_state(patch_effect(label, self._patch_before, flip_state(self.session.history)), "end")
 
     def _show_stop(self, stop: Any) -> None:
         self.last_stop = stop
@@ -317,6 +322,33 @@ class QdbgApp(App[None]):
     def action_decode(self) -> None:
         if self._can_act():
             self._start("decode")
+
+    def action_patch(self, side: str) -> None:
+        """Patch the weight of the op at the cursor from `side` (qdbg.tui.patches) and re-run."""
+        if not self._can_act():
+            return
+        from qdbg.tui.patches import flip_state, patch_for
+
+        try:
+            p = patch_for(self.session, self.session.current, side)
+        except QdbgError as e:
+            self._set_state(one_line(e), "error")
+            return
+        self._patch_before = flip_state(self.session.history)
+        self._start("patch", ("add", p))
+
+    def action_patches(self) -> None:
+        """List the patches in force; the one chosen is removed and the run re-run."""
+        if not self._can_act():
+            return
+        from qdbg.tui.patches import PatchesScreen, flip_state
+
+        def closed(i: Any) -> None:
+            if i is not None and self._can_act():
+                self._patch_before = flip_state(self.session.history)
+                self._start("patch", ("remove", int(i)))
+
+        self.push_screen(PatchesScreen(self.session), closed)
 
     def action_restart(self) -> None:
         if self._can_act():

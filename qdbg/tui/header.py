@@ -45,6 +45,15 @@ def token_text(session: Any, rec: Any) -> str:
     return f"token {pos} {piece_text(piece_of(session, tid)) if tid is not None else ''}".rstrip()
 
 
+def interventions_text(session: Any) -> str:
+    """'patch blk.3.attn_v.weight: A<-B; resync l_out-5: A<-B' — what changes the run, or ''."""
+    try:
+        ivs = session.interventions()
+    except AttributeError:
+        return ""
+    return "; ".join(str(iv.get("label") or iv) for iv in ivs or [])
+
+
 def position_parts(session: Any) -> list[tuple[int, str, str]]:
     """The position line's parts as (priority, full text, short text); 0 is kept longest."""
     rec = session.current
@@ -105,14 +114,17 @@ class SessionHeader(Widget):
         else:
             width = self.content_region.width or 120
             # every file name first; the quant mixes only if all of them fit too
+            ivs = interventions_text(s)
             mixes = sum(len(f" {lab}   {s.models[lab].path.name} [{s.models[lab].type_summary()}]  ")
-                        for lab in s.labels) + 5 <= width
+                        for lab in s.labels) + 5 + (len(ivs) + 3 if ivs else 0) <= width
             for lab in s.labels:
                 m = s.models[lab]
                 out.append(f" {lab} ", style="bold reverse")
                 out.append(f" {m.path.name} ", style="bold")
                 if mixes:
                     out.append(f"[{m.type_summary()}]  ", style="dim")
+            if ivs:
+                out.append(f" {ivs} ", style="bold white on magenta")
             out.append("\n")
             out.append(fit_parts(position_parts(s), width))
             out.append("\n")

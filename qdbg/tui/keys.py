@@ -16,6 +16,9 @@ BINDINGS = [
     Binding("d", "decode", "dec", id="decode",
             tooltip="feed one more token (A's argmax) to every side and step into its pass"),
     Binding("R", "restart", "reset", id="restart", tooltip="back to before the first op"),
+    Binding("p", "patch('B')", "patch", id="patch", show=False,
+            tooltip="A computes this op with B's weight (P: R's); re-run from the start (breakpoints kept)"),
+    Binding("u", "patches", "patches", id="patches", show=False, tooltip="list the weight patches; remove one and re-run"),
     Binding("o", "scope", "scope", id="scope", tooltip="metrics over the last token, all, or one position"),
     Binding("slash", "goto", "go to", id="goto", tooltip="go to an op by name, glob or layer"),
     Binding("w", "save_trace", "save", id="save_trace", tooltip="save the session as a trace"),
@@ -31,6 +34,13 @@ HIDDEN_BINDINGS = [
 ]
 """Bindings kept out of the footer and the palette (listed in `?` help with the pane's keys)."""
 
+UNLISTED_BINDINGS = [
+    Binding("P", "patch('R')", "patch from R", id="patch_r", show=False,
+            tooltip="A computes this op with R's weight; re-run from the start (breakpoints kept)"),
+]
+"""Bindings only named in another binding's help text (P, in p's)."""
+
 VERB_LABELS = {"step": "step", "next_layer": "next layer", "cont": "continue", "run_to_end": "run to end",
-               "run_to": "go to", "set_scope": "scope", "decode": "decode", "restart": "restart"}
+               "run_to": "go to", "set_scope": "scope", "decode": "decode", "restart": "restart",
+               "patch": "patch and re-run"}
 """What the status line calls each verb run in a worker."""
