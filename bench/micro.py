@@ -83,10 +83,10 @@ def rows() -> list[str]:
         rows.append(("32 tokens one by one (KV cache)", "one 32-token batch", ggml, best(decode, 1)))
 
         big = Model(path, cache_bytes=1 << 62)
-        Engine(big).logits(toks[:2])
+        Engine(big, "ggml").logits(toks[:2])
         small = Model(path, cache_bytes=4 << 20)
-        Engine(small).logits(toks[:2])
-        mem = [("weight cache, 4 MiB budget", "unbounded", big.cache.used, small.cache.used)]
+        Engine(small, "ggml").logits(toks[:2])
+        mem = [("weight cache (ggml mode), 4 MiB budget", "unbounded", big.cache.used, small.cache.used)]
 
     lines = ["Micro benchmarks (bench/micro.py): each ratio divides the baseline by qdbg's time measured in "
              "the same run (above 1: qdbg is faster).", "",

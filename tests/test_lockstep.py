@@ -47,6 +47,19 @@ def test_sequential_when_capped_to_one():
     assert lockstep.advance_all({"A": side(), "B": side(), "R": side()}) == {"A": me, "B": me, "R": me}
 
 
+def test_not_concurrent_when_asked():
+    lockstep.set_threads(2)
+    me = threading.get_ident()
+    order = []
+
+    def side(label):
+        order.append(label)
+        yield threading.get_ident()
+
+    assert lockstep.advance_all({"B": side("B"), "A": side("A")}, concurrent=False) == {"B": me, "A": me}
+    assert order == ["B", "A"]
+
+
 def test_error_of_a_worker_side_is_raised_after_all_sides_finish():
     lockstep.set_threads(2)
     done = []
