@@ -109,11 +109,11 @@ class Upgrade:
     from_type: str
     to_type: str
     bytes_added: int
-    local: float  # the largest local error of an op reading it (the ranking key)
+    local: float | None  # the largest local error of an op reading it (the ranking key); None: --patch
 
     def to_json(self) -> dict[str, Any]:
         return {"tensor": self.tensor, "from": self.from_type, "to": self.to_type,
-                "bytes_added": self.bytes_added, "local": self.local}
+                "bytes_added": self.bytes_added, "local": self.local, "patched": self.local is None}
 
 
 @dataclass
@@ -282,8 +282,11 @@ def _fmt_kl(x: float | None) -> str:
 
 def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, source: Any = None,
            target: Target = Target("flip"), mode: str = "exact", settings: Any = None,
-           max_trials: int = 64, log: Log | None = None) -> BisectResult:
-    """Find a small set of A's tensors that, taken from `source` (default B), meet `target`."""
+           max_trials: int = 64, log: Log | None = None, fixed: Sequence[str] = ()) -> BisectResult:
+    """Find a small set of A's tensors that, taken from `source` (default B), meet `target`.
+
+    `fixed` (from `--patch GLOB=SIDE`): tensors A always takes from the source, before any trial;
+    they are part of every trial and of the recipe, never pruned."""
     src = model_b if source is None else source
     say = log or (lambda s: None)
     if not prompts:
@@ -292,24 +295,30 @@ def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, sour
     rows_b = [_last_logits(Engine(model_b, mode, settings=settings), t) for t in prompts]
 
     def trial(chosen: Sequence[str]) -> Evaluation:
-        ov = {n: src.weight(n) for n in chosen}
+        ov = {n: src.weight(n) for n in (*fixed, *chosen)}
         rows = [_last_logits(Engine(model_a, mode, weight_overrides=ov, settings=settings), t)
                 for t in prompts]
         return _evaluate(rows, rows_b)
 
     before = trial(())
+    if fixed:
+        say(f"patched from the source: {', '.join(fixed)}")
     say(f"before: {len(before.flips)}/{len(prompts)} top-1 differ, mean KL(B||A) {_fmt_kl(before.kl_mean)}")
     bytes_a = os.path.getsize(model_a.path)
-    if target.met(before):
+    ranked: list[tuple[str, float]] = []
+    local: dict[str, float | None] = {n: None for n in fixed}
+    if not target.met(before):
+        say("ranking tensors by local error (one attributed forward of A and the source per prompt)")
+        ranked = [(n, s) for n, s in rank_candidates(model_a, src, prompts, mode, settings, notes)
+                  if n not in fixed]
+        local.update(ranked)
+    elif not fixed:
         return BisectResult(target, before, before, True, [], bytes_a, [], None, 0, 0,
                             ["the target already holds: nothing to upgrade"])
-    say("ranking tensors by local error (one attributed forward of A and the source per prompt)")
-    ranked = rank_candidates(model_a, src, prompts, mode, settings, notes)
-    local = dict(ranked)
     seen: dict[frozenset, Evaluation] = {frozenset(): before}
     chosen: list[str] = []
-    after, met, trials = before, False, 0
-    for name, score in ranked:
+    after, met, trials = before, target.met(before), 0
+    for name, score in ([] if met else ranked):
         if trials >= max_trials:
             notes.append(f"stopped after --max-trials {max_trials}")
             break
@@ -322,7 +331,7 @@ def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, sour
         if met:
             break
     if met:  # prune: drop what the target does not need, lowest local error first
-        for name in sorted(chosen, key=lambda n: local[n]):
+        for name in sorted(chosen, key=lambda n: local[n] or 0.0):
             rest = [n for n in chosen if n != name]
             key = frozenset(rest)
             if key not in seen:
@@ -335,7 +344,7 @@ def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, sour
     elif not ranked:
         notes.append("no tensor of A differs from the source in a way llama-quantize can set")
     ups = []
-    for n in chosen:
+    for n in (*fixed, *chosen):
         ta, ts = model_a.tensors[n], src.tensors[n]
         ups.append(Upgrade(n, ta.qtype.name, ts.qtype.name,
                            _tensor_bytes(ts.qtype, ta.shape) - _tensor_bytes(ta.qtype, ta.shape), local[n]))

@@ -37,6 +37,9 @@ def add_bisect_parser(sub: Any) -> None:
                    help="'flip' (A picks B's top-1 everywhere, default) or 'kl<X' (mean KL(B||A) < X)")
     p.add_argument("--max-trials", type=int, default=64, metavar="N",
                    help="at most N greedy trials (each a full forward of A per prompt; default 64)")
+    p.add_argument("--patch", action="append", default=[], metavar="GLOB=SIDE",
+                   help="start from A with these tensors taken from SIDE (the --from side), e.g. "
+                        "'blk.*.ffn_down.weight=B'; they stay in the recipe (repeatable)")
     p.add_argument("--recipe-out", metavar="FILE", help="write the recipe as a llama-quantize --tensor-type-file")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the text")
     _add_numerics_args(p)
@@ -92,7 +95,7 @@ def _print(res: Any, args: argparse.Namespace, n_prompts: int, pieces: Any) -> N
         w = max(len(u.tensor) for u in res.upgrades)
         for u in res.upgrades:
             print(f"  {u.tensor:<{w}}  {u.from_type:>5} -> {u.to_type:<5}  +{_fmt_bytes(u.bytes_added)}"
-                  f"  (local error {u.local:.4g})")
+                  + ("  (--patch)" if u.local is None else f"  (local error {u.local:.4g})"))
         print(f"bytes added: {res.bytes_added} ({_fmt_bytes(res.bytes_added)}, "
               f"{_pct(res.fraction_added)} of A)")
     if res.recipe:
@@ -109,6 +112,25 @@ def _print(res: Any, args: argparse.Namespace, n_prompts: int, pieces: Any) -> N
             print(f"qdbg quantize {shlex.join([src, dst, ft])} --tensor-type-file {shlex.quote(args.recipe_out)}")
     for n in res.notes:
         print(f"note: {n}")
+
+
+def _patched(args: argparse.Namespace, model_a: Any) -> list[str]:
+    """The matrices of A that `--patch GLOB=SIDE` takes from the --from side, in file order."""
+    import fnmatch
+
+    from qdbg.live import Patch
+
+    names: list[str] = []
+    for text in args.patch:
+        p = Patch.parse(text)
+        if p.side != args.source:
+            raise UsageError(f"--patch {text}: bisect takes tensors from {args.source} (--from); "
+                             f"patch from the same side")
+        hit = [n for n, t in model_a.tensors.items() if len(t.shape) == 2 and fnmatch.fnmatchcase(n, p.glob)]
+        if not hit:
+            raise UsageError(f"--patch {text}: no matrix of A matches {p.glob!r}")
+        names += [n for n in hit if n not in names]
+    return names
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
@@ -129,10 +151,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if args.ref:
         models["R"] = open_model(args.ref)
     check_match(models)
+    fixed = _patched(args, models["A"])
     prompts = _prompts(args, models["A"])
     log = None if args.json else (lambda s: print(s, file=sys.stderr))
     res = bisect(models["A"], models["B"], prompts, source=models[args.source], target=target,
-                 mode=args.mode, settings=settings, max_trials=args.max_trials, log=log)
+                 mode=args.mode, settings=settings, max_trials=args.max_trials, log=log, fixed=fixed)
     if args.recipe_out and res.met:
         write_text(args.recipe_out, recipe_text(res.recipe))
     if args.json:

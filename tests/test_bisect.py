@@ -57,7 +57,7 @@ def test_bisect_names_the_tensor_and_the_recipe_fixes_the_file(pair, capsys) -> 
     shape = Model(pair["A"]).tensors[x].shape
     added = shape[0] * (row_bytes(Q.Q5_K, shape[1]) - row_bytes(Q.Q2_K, shape[1]))
     assert doc["upgrades"] == [{"tensor": x, "from": "Q2_K", "to": CASE["b_type"], "bytes_added": added,
-                                "local": doc["upgrades"][0]["local"]}]
+                                "local": doc["upgrades"][0]["local"], "patched": False}]
     assert doc["bytes_added"] == added
     assert doc["fraction_added"] == pytest.approx(added / pair["A"].stat().st_size)
     assert doc["before"]["flips"] == [0] and doc["after"]["flips"] == []
@@ -149,3 +149,22 @@ def test_usage_errors(pair, capsys, extra: list[str], msg: str) -> None:
     rc = main(["bisect", str(pair["A"]), str(pair["B"]), "--tokens", "1,2", *extra])
     err = capsys.readouterr().err
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_patch_starts_from_a_patched_a_and_stays_in_the_recipe(pair, capsys) -> None:
+    """--patch X=B: A runs with B's X from the start (here that alone fixes the flip, so no trial
+    is needed) and X is an upgrade of the recipe, marked as patched, never pruned."""
+    x = CASE["tensor"]
+    rc, doc = _bisect_json(pair, capsys, "--patch", f"{x}=B")
+    assert rc == 0 and doc["met"] is True and doc["trials"] == 0
+    assert doc["before"]["flips"] == [] and doc["after"]["flips"] == []
+    assert [(u["tensor"], u["patched"], u["local"]) for u in doc["upgrades"]] == [(x, True, None)]
+    assert any(a.startswith(f"--tensor-type {x}") or x in a for a in doc["tensor_type_args"])
+
+
+@pytest.mark.parametrize("patch, msg", [("blk.*.nothing.weight=B", "no matrix of A matches"),
+                                        ("blk.0.ffn_up.weight=R", "patch from the same side")])
+def test_patch_errors(pair, capsys, patch: str, msg: str) -> None:
+    toks = ",".join(map(str, CASE["tokens"]))
+    assert main(["bisect", str(pair["A"]), str(pair["B"]), "--tokens", toks, "--patch", patch]) == 2
+    assert msg in capsys.readouterr().err
