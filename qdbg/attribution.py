@@ -42,7 +42,6 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from qdbg.engine import ops
 from qdbg.engine.result import OpResult
 from qdbg.errors import ModelMismatchError, QdbgError
 from qdbg.metrics import _norm
@@ -74,64 +73,22 @@ class Attribution:
                 "local": self.local_rel, "inherited": self.inherited_rel, "total": self.total_rel}
 
 
-def _past(cache: Sequence[np.ndarray], layer: int, new: np.ndarray) -> np.ndarray:
-    """A layer's K or V as the op read it: the cache of earlier passes, then this pass's rows."""
-    return np.concatenate([cache[layer], new]) if layer < len(cache) else new
-
-
 def recompute(res: OpResult, inputs: Sequence[np.ndarray], side: Any, kv: Any = None) -> np.ndarray:
     """Op `res` evaluated again with `side`'s weights and arithmetic on `inputs` (the values of
     `res.inputs`, in order). `side` is the Engine that produced `res`. `kv` (default `side`) is the
     Engine whose KV cache of earlier passes belongs with `inputs` — the attention ops read it as
     part of their input; it must be in the middle of the same pass (its cache still holds the
-    earlier passes only, as during `forward`)."""
-    cfg, nx = side.cfg, side.numerics
-    kv = side if kv is None else kv
-    kind, il, shape = res.kind, res.layer, res.value.shape
-    if len(inputs) != len(res.inputs):
-        raise QdbgError(f"{res.name}: {len(res.inputs)} inputs expected, got {len(inputs)}")
-    x = [np.asarray(v) for v in inputs]
-    if kind == "embed":
+    earlier passes only, as during `forward`). The op itself is the engine's own
+    (`Engine.compute` on its op list), so attribution cannot drift from what the run computes."""
+    if res.kind == "embed":  # the token ids are the same on both sides
         return res.value
-    if kind == "scale":
-        return nx.scale(x[0], cfg.embd_scale)
-    if kind == "norm":
-        return nx.rms_norm(x[0].reshape(shape), side.weight(res.weight).values, cfg.rms_eps)
-    if kind in ("matmul", "logits"):
-        y = nx.matmul(x[0], side.weight(res.weight))
-        if kind == "matmul" and cfg.qkv_bias and res.weight.endswith(
-                ("attn_q.weight", "attn_k.weight", "attn_v.weight")):
-            y = nx.add(y, side.weight(res.weight[:-len("weight")] + "bias").values)
-        if kind == "logits" and cfg.final_logit_softcap:
-            y = nx.softcap(y, cfg.final_logit_softcap)
-        return y
-    pos = np.asarray(res.positions, dtype=np.int64)
-    if kind == "rope":
-        cache = nx.rope_cache(pos, cfg.n_rot, *cfg.rope_params(il))
-        return nx.rope(x[0].reshape(shape), cache, cfg.n_rot, cfg.rope_type == "neox")
-    if kind == "residual":
-        return nx.add(x[0], x[1])
-    if kind == "act":
-        return nx.geglu(x[0], x[1]) if cfg.ffn_act == "gelu" else nx.swiglu(x[0], x[1])
-    n_tok, hd, nkv = len(pos), cfg.head_dim, cfg.n_head_kv
-    kv_pos = np.arange(0, int(pos[0]) + n_tok, dtype=np.int64)
-    mask = ops.causal_mask(pos, kv_pos, cfg.n_swa if cfg.is_swa(il) else 0)
-
-    def q_of(v: np.ndarray) -> np.ndarray:
-        return nx.scale(v, cfg.q_scale) if cfg.q_scale != 1.0 else v
-
-    if kind == "scores":
-        return nx.attn_scores(q_of(x[0]), _past(kv.k_cache, il, nx.kv_store(x[1])))
-    if kind == "softmax":
-        return nx.softmax(x[0], mask, cfg.softmax_scale)
-    if kind == "attn":
-        v_new = nx.kv_store(x[-1].reshape(n_tok, nkv, hd))
-        v_all = _past(kv.v_cache, il, v_new)
-        if len(x) == 3:  # flash attention: (Q rope, K rope, V)
-            k_all = _past(kv.k_cache, il, nx.kv_store(x[1]))
-            return nx.flash_attn(q_of(x[0]), k_all, v_all, mask, cfg.softmax_scale)
-        return nx.attn_values(x[0], v_all)
-    raise QdbgError(f"{res.name}: no attribution for ops of kind {kind!r}")
+    ops = getattr(side, "_ops_by_name", None)
+    if ops is None or res.name not in ops:
+        ops = side._ops_by_name = {o.name: o for o in side.pass_ops()}
+    op = ops.get(res.name)
+    if op is None:
+        raise QdbgError(f"{res.name}: not an op of this engine's pass")
+    return side.compute(op, inputs, res.positions, kv=side if kv is None else kv)
 
 
 def _rel(d: np.ndarray, ref_norm: float) -> float:
