@@ -84,6 +84,7 @@ class QdbgApp(App[None]):
         self.last_stop: Any = None
         self._stop = threading.Event()
         self._seen: tuple = (None, None, None)
+        self._spark: tuple = ()
         self.prefetch: Any = None
         self.keymap_path: Path | None = None
         self.keymap_loaded: dict[str, str] = {}
@@ -171,13 +172,20 @@ class QdbgApp(App[None]):
         rec = s.current
         bps = tuple((b.id, b.enabled, b.hits) for b in s.breakpoints)
         seen = (len(s.history), s.scope, bps)
+        tl = self.query_one(Timeline)
         if force or seen != self._seen:
-            self.query_one(Timeline).revision += 1
+            if force or seen[1] != self._seen[1]:
+                tl.reload()            # metrics changed in place: every row again
+            else:
+                tl.revision += 1       # ops appended (or breakpoint marks changed)
             if force or bps != self._seen[2]:
                 self.query_one(BreakpointsPane).revision += 1
             self._seen = seen
-        self.query_one(Timeline).cursor = s.cursor
-        self.query_one(LayerSpark).revision += 1
+        tl.cursor = s.cursor
+        spark = (seen, rec.step if rec is not None else None)   # the sparkline shows the cursor's pass
+        if force or spark != self._spark:
+            self.query_one(LayerSpark).revision += 1
+            self._spark = spark
         self.query_one(SessionHeader).cursor = s.cursor
         self.query_one(StatsPane).record = rec
         self.query_one(DiffPane).record = rec

@@ -160,7 +160,7 @@ class DiffPane(VerticalScroll, can_focus=False):
     DiffPane > Static { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    record: reactive[Any] = reactive(None, always_update=True)
+    record: reactive[Any] = reactive(None, always_update=True, repaint=False)   # the body repaints itself
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)

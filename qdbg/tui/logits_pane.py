@@ -11,7 +11,8 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 from qdbg.findings import flips
-from qdbg.tui.fmt import lines, num, pct, piece_of, piece_text, row
+from qdbg.tui.body import show
+from qdbg.tui.fmt import num, pct, piece_of, piece_text, row
 
 EMPTY = "no logits yet — e runs to the end"
 
@@ -92,7 +93,7 @@ class LogitsPane(VerticalScroll, can_focus=False):
     LogitsPane > Static { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    record: reactive[Any] = reactive(None, always_update=True)
+    record: reactive[Any] = reactive(None, always_update=True, repaint=False)   # the body repaints itself
     flipped: reactive[bool] = reactive(False)
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -114,7 +115,7 @@ class LogitsPane(VerticalScroll, can_focus=False):
         if not lg or not lg.get("positions"):
             self.flipped = False
             self.border_subtitle = ""
-            body.update(Text(EMPTY, style="dim"))
+            show(body, Text(EMPTY, style="dim"))
             return
         pos = lg["positions"][-1]
         self.flipped = bool(pos.get("flip"))
@@ -138,4 +139,4 @@ class LogitsPane(VerticalScroll, can_focus=False):
         ar = (rec.logits or {}).get("A~R")
         r_top = ar["positions"][-1]["b"]["top"] if ar and ar.get("positions") else None
         parts += topk_lines(s, pos, lg["k"], width, r_top)
-        body.update(lines(parts))
+        show(body, parts)

@@ -10,7 +10,8 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from qdbg.tui.fmt import NONFINITE, fit_num, lines, pct_diff, row
+from qdbg.tui.body import show
+from qdbg.tui.fmt import NONFINITE, fit_num, pct_diff, row
 
 ROWS = ("rms", "mean", "std", "min", "max", "absmax")
 N_FIRST = 4
@@ -60,7 +61,7 @@ class StatsPane(VerticalScroll, can_focus=False):
     StatsPane > Static { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
-    record: reactive[Any] = reactive(None, always_update=True)
+    record: reactive[Any] = reactive(None, always_update=True, repaint=False)   # the body repaints itself
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -75,7 +76,7 @@ class StatsPane(VerticalScroll, can_focus=False):
     def watch_record(self, rec: Any) -> None:
         body = self.query_one("#stats-body", Static)
         if rec is None or self.session is None:
-            body.update(Text(EMPTY, style="dim"))
+            show(body, Text(EMPTY, style="dim"))
             return
         labels = list(self.session.labels)
         parts = head_lines(rec, labels)
@@ -83,4 +84,4 @@ class StatsPane(VerticalScroll, can_focus=False):
             parts.append(Text("no values: this op has no token in the scope", style="yellow"))
         else:
             parts += stats_lines(rec, [lab for lab in labels if lab in rec.stats], self.scrollable_content_region.width or 38)
-        body.update(lines(parts))
+        show(body, parts)

@@ -31,17 +31,10 @@ def group_of(rec: Any) -> tuple[int, str]:
     return rec.step, ("output" if rec.name.startswith("result") else "embeddings")
 
 
-def op_breakpoints(session: Any) -> dict[str, bool]:
-    """{op name: enabled} for the ops in history that have a breakpoint set by name."""
-    exprs: dict[str, bool] = {}
-    for bp in session.breakpoints:
-        exprs[bp.expr] = exprs.get(bp.expr, False) or bp.enabled
-    return {r.name: exprs[k] for r in session.history if (k := op_expr(r.name)) in exprs}
-
-
 class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
-    """The op timeline: set `session`, then bump `revision` when history or metrics change and
-    set `cursor` when the session cursor moves."""
+    """The op timeline: set `session`, then bump `revision` when history or the breakpoints change
+    (rows are appended when history only grew), call `reload()` when metrics changed in place (the
+    scope), and set `cursor` when the session cursor moves."""
 
     COMPONENT_CLASSES = {"timeline--cursor", "timeline--heading", "timeline--hit"}
     DEFAULT_CSS = """
@@ -72,18 +65,40 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.session: Any = None
-        # ("pass", (step, first rec)) | ("head", (title, the group's last rec)) | ("op", history index)
+        # ("pass", (step, first rec)) | ("head", (title, group key)) | ("op", history index)
         self._rows: list[tuple[str, Any]] = []
         self._row_of: dict[int, int] = {}
-        self._bps: dict[str, bool] = {}
+        self._group_last: dict[tuple[int, str], Any] = {}   # group -> its last op so far (its output)
+        self._last_group: tuple[int, str] | None = None
+        self._n = 0                 # history records laid out in rows
+        self._tail: Any = None      # the last of them
+        self._basis: tuple = ()     # what the rows were built under: (scope, breakpoint marks)
+        self._bp_exprs: dict[str, bool] = {}
+        # row -> (what it looks like, the Strip): scrolling by a row redraws every visible line,
+        # which then costs a lookup each instead of building and rendering Text
+        self._strips: dict[int, tuple[tuple, Strip]] = {}
 
     # -- state -> rows ---------------------------------------------------------------------
     def watch_revision(self) -> None:
         self._rebuild()
 
+    def reload(self) -> None:
+        """Lay every row out again (metrics may have changed in place, e.g. with the scope)."""
+        self._n = 0
+        self._rebuild()
+
     def watch_cursor(self) -> None:
-        self.call_after_refresh(self.scroll_to_cursor)
+        # now, so the frame that shows the new cursor is already scrolled; and again after the
+        # refresh, in case the view's size changed meanwhile
+        self.scroll_to_cursor()
+        self.call_after_refresh(self._rescroll)
         self.refresh()
+
+    def _rescroll(self) -> None:
+        self.scroll_to_cursor()
+        # a scrollbar that appeared with this history missed the scroll made before it existed
+        if self.show_vertical_scrollbar and self.vertical_scrollbar.position != self.scroll_offset.y:
+            self.vertical_scrollbar.position = self.scroll_offset.y
 
     def scroll_to_cursor(self) -> None:
         """Keep the cursor's row centred (clamped at the ends), like a debugger's source view.
@@ -103,29 +118,46 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
         self.refresh()
 
     def on_resize(self) -> None:
+        self._strips.clear()
         self.refresh()
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()   # a theme or class change restyles every line
+
     def _rebuild(self) -> None:
+        """Rows for the history: the new records appended when history only grew since the last
+        time (same scope, same breakpoint marks), else all of them again."""
         s = self.session
-        self._rows, self._row_of = [], {}
         if s is None:
+            self._rows, self._row_of, self._n = [], {}, 0
+            self._strips.clear()
             self.virtual_size = Size(0, 0)
             self.refresh()
             return
-        self._bps = op_breakpoints(s)
-        last_group = None
-        groups: dict[tuple[int, str], Any] = {}
-        for rec in s.history:   # the last op of a group is its output
-            groups[group_of(rec)] = rec
-        for rec in s.history:
+        h = s.history
+        bp_exprs: dict[str, bool] = {}
+        for bp in s.breakpoints:
+            bp_exprs[bp.expr] = bp_exprs.get(bp.expr, False) or bp.enabled
+        basis = (str(s.scope), tuple(sorted(bp_exprs.items())))
+        grown = basis == self._basis and 0 < self._n <= len(h) and h[self._n - 1] is self._tail
+        if not grown:
+            self._rows, self._row_of, self._group_last = [], {}, {}
+            self._last_group, self._n = None, 0
+            self._strips.clear()
+        self._basis, self._bp_exprs = basis, bp_exprs
+        for rec in h[self._n:]:   # the last op of a group is its output
             g = group_of(rec)
-            if g != last_group:
-                if last_group is None or g[0] != last_group[0]:
+            self._group_last[g] = rec
+            if g != self._last_group:
+                if self._last_group is None or g[0] != self._last_group[0]:
                     self._rows.append(("pass", (g[0], rec)))
-                self._rows.append(("head", (g[1], groups[g])))
-                last_group = g
+                self._rows.append(("head", (g[1], g)))
+                self._last_group = g
             self._row_of[rec.index] = len(self._rows)
             self._rows.append(("op", rec.index))
+        self._n = len(h)
+        self._tail = h[-1] if h else None
         self.virtual_size = Size(0, len(self._rows))   # rows are fitted to the width: no x-scroll
         self.refresh()
 
@@ -139,7 +171,7 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
         wide = self.size.width >= 2 + NAME_W + 1 + KIND_W + 10
         t = Text(no_wrap=True)
         t.append("▶" if index == self.cursor else " ", style="bold")
-        bp = self._bps.get(rec.name)
+        bp = self._bp_exprs.get(op_expr(rec.name))
         t.append("●" if bp else ("○" if bp is False else " "), style="bold red" if bp else "red")
         name = rec.name if len(rec.name) <= NAME_W else rec.name[: NAME_W - 1] + "…"
         t.append(f"{name:<{NAME_W}} ")
@@ -168,8 +200,8 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
             step, rec = data
             what = "prompt" if step == 0 else f"decode, token {rec.positions[0] if rec.positions else '?'}"
             return Text(f"━━ pass {step}: {what} ", no_wrap=True), self.get_component_rich_style("timeline--heading")
-        title, last = data
-        rel = last.pair.get("rel_rms")
+        title, g = data
+        rel = self._group_last[g].pair.get("rel_rms")
         t = Text(no_wrap=True)
         t.append(f"─ {title} ", style=self.get_component_rich_style("timeline--heading"))
         t.append(f"out {pct(rel)}", style=heat_color(rel))
@@ -182,14 +214,25 @@ class Timeline(ScrollView, can_focus=True, inherit_bindings=False):
         base = self.rich_style
         if self.session is None or row >= len(self._rows):
             return Strip.blank(width, base)
+        kind, data = self._rows[row]
+        if kind == "op":
+            look: tuple = (data == self.cursor, data == self.hit, width, scroll_x)
+        elif kind == "head":   # its 'out' figure is the group's last op so far
+            look = (self._group_last[data[1]].index, width, scroll_x)
+        else:
+            look = (width, scroll_x)
+        cached = self._strips.get(row)
+        if cached is not None and cached[0] == look:
+            return cached[1]
         text, style = self._line(row)
         text.stylize_before(base)
         fill = base
         if style is not None:
             text.stylize(style)
             fill = base + style
-        strip = Strip(text.render(self.app.console), text.cell_len)
-        return strip.crop_extend(scroll_x, scroll_x + width, fill)
+        strip = Strip(text.render(self.app.console), text.cell_len).crop_extend(scroll_x, scroll_x + width, fill)
+        self._strips[row] = (look, strip)
+        return strip
 
     # -- mouse -------------------------------------------------------------------------------
     def on_click(self, event: events.Click) -> None:
