@@ -13,7 +13,9 @@ not inside the app, so it includes Textual's layout, rendering and output:
   to the last byte of the frames that show 'op k of'; also `b`/`s` within history (nothing is
   computed, only redrawn);
 - Esc: `e` (run to end) over a long prompt (`--esc-tokens`), Esc after a second, to the frame
-  that reads 'interrupted'.
+  that reads 'interrupted' (shown) and to the settled screen. A terminal sends Esc as a lone
+  ESC byte, which could begin an escape sequence: Textual's input thread reports it as the Esc key
+  only after ESCDELAY (100 ms) without a following byte, so that much is in the figure.
 
 Goals (issue 10): first op ≤ 1 s, step p95 ≤ 100 ms, Esc ≤ 200 ms. The machine is shared: the
 figures are noisy; the load average is printed beside them.
@@ -63,6 +65,7 @@ class Term:
             os.write(self.fd, typed)
         self.text = ""          # all output so far, escape sequences removed
         self.last = self.t0     # when the last byte arrived
+        self.shown = self.t0    # when what `wait` waited for arrived
         self._raw = b""
 
     def _read(self, timeout: float) -> bool:
@@ -98,6 +101,7 @@ class Term:
         while True:
             m = pat.search(self.text, since)
             if m:
+                self.shown = self.last   # when the output that matched arrived
                 break
             if time.perf_counter() > end:
                 raise SystemExit(f"timed out waiting for {pat.pattern!r}; screen tail: {self.text[-400:]!r}")
@@ -169,6 +173,7 @@ def measure(a: Path, b: Path, cols: int, rows: int, n_steps: int, read: float, e
         t, at = term.press(b"\x1b")
         term.wait(re.compile(r"interrupted|end of run"), at)
         out["esc_ms"] = (term.last - t) * 1e3
+        out["esc_shown_ms"] = (term.shown - t) * 1e3
         out["esc_stopped"] = "interrupted" in term.text[at:]
     finally:
         term.close()
@@ -199,7 +204,8 @@ def main() -> None:
     print(f"  step within history (b/s), {hs['n']}: p50 {hs['p50_ms']:.0f} ms, p95 {hs['p95_ms']:.0f} ms, "
           f"max {hs['max_ms']:.0f} ms")
     print(f"  Esc during run to end ({args.esc_tokens}-token prompt) to 'interrupted' on screen: "
-          f"{r['esc_ms']:.0f} ms{'' if r['esc_stopped'] else ' (the run had ended)'}   (goal ≤ 200 ms)")
+          f"{r['esc_shown_ms']:.0f} ms, settled {r['esc_ms']:.0f} ms{'' if r['esc_stopped'] else ' (the run had ended)'}"
+          f"   (goal ≤ 200 ms; Textual takes a lone Esc byte as the Esc key after 100 ms, ESCDELAY)")
 
 
 if __name__ == "__main__":

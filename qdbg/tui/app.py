@@ -194,7 +194,8 @@ class QdbgApp(App[None]):
             pane.record = lr
 
     def watch_busy(self, busy: str) -> None:
-        self.screen.set_class(bool(busy), "-busy")
+        # on the pane, not the screen: a screen class restyles and redraws every widget
+        self.screen_stack[0].query_one("#timeline-pane").set_class(bool(busy), "-busy")
 
     def _set_state(self, text: str, kind: str = "") -> None:
         header = self.header
@@ -365,6 +366,8 @@ class QdbgApp(App[None]):
     def action_interrupt(self) -> None:
         if self.busy:
             self._stop.set()
+            if self.prefetch is not None:
+                self.prefetch.wake()   # a wait for an op sees the interrupt now, not at its next poll
             self._set_state("stopping…", "running")
 
     def action_focus_pane(self) -> None:

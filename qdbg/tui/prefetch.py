@@ -132,6 +132,11 @@ class PrefetchSource:
         with self._cond:
             return len(self._buf)
 
+    def wake(self) -> None:
+        """Wake a debugger waiting in `next_op` now (after setting `interrupt`), not at its next poll."""
+        with self._cond:
+            self._cond.notify_all()
+
     def close(self) -> None:
         """Stop the thread (after the op in flight) and return the inner source."""
         with self._cond:

@@ -43,13 +43,16 @@ def stats_lines(rec: Any, labels: list[str], width: int) -> list[Text]:
 
 
 def head_lines(rec: Any, labels: list[str]) -> list[Text]:
-    """The op's name, kind, shape and weight with each side's quant type."""
+    """The op's name, kind, shape and weight with each side's quant type (always two lines, so that
+    stepping keeps the pane's height and the screen's layout)."""
     shape = list(next(iter(rec.values.values())).shape) if rec.values else "?"
     out = [Text.assemble((rec.name, "bold"), (f"  {rec.kind}  shape {shape}", "dim"), no_wrap=True)]
     if rec.weight:
         out.append(Text.assemble((f"{rec.weight}  ", "dim"),
                                  "  ".join(f"{lab} {rec.weight_types.get(lab) or '—'}" for lab in labels),
                                  no_wrap=True))
+    else:
+        out.append(Text("no weight", style="dim"))
     return out
 
 
