@@ -3,7 +3,9 @@
 Verbs only set the stop state (`_set_stop`) and call `_run`; `stop_here(rec)` says whether the
 verb's target is reached and `break_here(rec)` which breakpoints fire. Nothing here knows a UI.
 Going back never recomputes: the history keeps every op handed out; stepping forward past its
-end asks the source for the next op and measures it under the current scope.
+end asks the source for the next op and measures it under the current scope. The history's
+values stay under a byte budget (qdbg.history: past it the oldest are spilled to disk and read
+back on access).
 
 Breakpoints fire on the *edge*: when a condition becomes true at an op after being false at the
 op before it in the same pass (a condition that holds for 490 ops stops once); a breakpoint added
@@ -21,6 +23,7 @@ import numpy as np
 from qdbg import metrics
 from qdbg.breakpoints import Breakpoint, BreakpointList, variables_from
 from qdbg.errors import UsageError
+from qdbg.history import HistoryStore
 from qdbg.records import AUX_CROSS, AUX_SHADOW, AUX_SPLIT, LogitsComparison, PairMetrics, Record, SideStats
 from qdbg.scope import Scope
 from qdbg.source import OpSource, numerics_label
@@ -78,8 +81,11 @@ class Debugger:
     """Cursor, history, verbs, breakpoints and scope over one OpSource."""
 
     def __init__(self, source: OpSource, *, scope: Any = "last", top_k: int = 10,
-                 breakpoints: BreakpointList | None = None) -> None:
+                 breakpoints: BreakpointList | None = None, history_bytes: int | None = None) -> None:
         self.source = source
+        self.store = HistoryStore(history_bytes)
+        """The history's arrays under a byte budget ($QDBG_HISTORY_BYTES; qdbg.history): past it
+        the oldest are spilled to a private file and read back on access."""
         self.top_k = top_k
         self.breakpoints = breakpoints if breakpoints is not None else BreakpointList()
         self._scope = Scope.parse(scope)
@@ -165,7 +171,12 @@ class Debugger:
         """Back to before the first op: the source starts over, the history empties (breakpoints stay)."""
         self.source.reset()
         self.history = []
+        self.store.clear()
         self.cursor = -1
+
+    def close(self) -> None:
+        """Remove the history's spill folder (also done at exit); the records stay readable."""
+        self.store.close()
 
     # -- interventions (a live source only) ----------------------------------------------------
     def _live(self) -> Any:
@@ -334,6 +345,7 @@ class Debugger:
             return None
         self.history.append(rec)
         self._measure(rec)
+        self.store.adopt(rec)   # measured in memory; past the budget the oldest values go to disk
         return rec
 
     def step(self) -> Stop:

@@ -22,6 +22,13 @@ Two measurements ride along (`Record.aux`, measured by the debugger under its sc
   kq_soft_max, have no shadow value), with A's weight patches and resyncs; and at the logits a
   second shadow with another micro-batch split (qdbg.noise.SplitShadow) gives each position's
   logits once more. The spread of A's top-2 margin over the shadows is the noise floor.
+
+The sides compute each op at the same time on separate cores (qdbg.engine.lockstep.advance_all;
+bit-equal to one after the other) when a pass is big enough to gain: n_embd^2 * tokens of the pass
+>= CONCURRENT_WORK (TinyLlama's 2048 width from 4 tokens on, SmolLM2's 576 from 51; a hand-off
+costs more than a small op takes). They go one after the other when a resync is set (A reads B's
+output, so B goes first) or a weight patch is (A then reads B's weights), or with
+`concurrent=False` / $QDBG_LOCKSTEP_THREADS=1.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from qdbg.catalogue import Catalogue, pass_ops
+from qdbg.engine import lockstep
 from qdbg.engine.forward import Engine
 from qdbg.engine.graph import last_reads, pass_ops as graph_ops
 from qdbg.engine.result import OpResult
@@ -41,6 +49,9 @@ from qdbg.numerics import DEFAULT_MODE, RunSettings
 from qdbg.records import AUX_CROSS, AUX_SHADOW, AUX_SPLIT, Record
 from qdbg.scope import Scope
 from qdbg.source import DRIVERS
+
+CONCURRENT_WORK = 1 << 24
+"""n_embd^2 * pass tokens from which the sides run concurrently (about 2 ms of the widest op)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ class LiveSource:
     def __init__(self, models: dict[str, Any], tokens: Sequence[int], *, mode: str = DEFAULT_MODE,
                  settings: RunSettings | None = None, pieces: Any = None,
                  patches: Sequence[Patch] = (), resyncs: Sequence[Resync] = (), attribution: bool = True,
-                 noise: bool = False) -> None:
+                 noise: bool = False, concurrent: bool | None = None) -> None:
         if "A" not in models or "B" not in models:
             raise UsageError("a session needs models A and B")
         if not tokens:
@@ -102,6 +113,10 @@ class LiveSource:
         self.pieces = pieces
         self.attribution = attribution
         self.noise = noise
+        self.concurrent = concurrent
+        """Run the sides concurrently: None decides per pass by its size (see the module docstring);
+        True or False forces it (a resync or a weight patch still runs them in order)."""
+        self._concurrent_pass = False
         self.engines: dict[str, Engine] = {}
         self.catalogue = Catalogue(pass_ops(models["A"].config, self.settings.flash_attn))
         self.set_interventions(patches, resyncs)
@@ -208,7 +223,17 @@ class LiveSource:
         return None
 
     # -- computing ops ------------------------------------------------------------------------
+    def _concurrency(self, n_tok: int) -> bool:
+        """Whether this pass's sides run concurrently (see the module docstring)."""
+        if self.resyncs or self.patches:
+            return False
+        if self.concurrent is not None:
+            return self.concurrent
+        n_embd = self.models["A"].config.n_embd
+        return n_embd * n_embd * n_tok >= CONCURRENT_WORK
+
     def _start_pass(self, tokens: Sequence[int]) -> None:
+        self._concurrent_pass = self._concurrency(len(tokens))
         self._gens = {lab: e.forward(tokens) for lab, e in self.engines.items()}
         self._env_b: dict[str, np.ndarray] = {}  # B's values of this pass, for A's op on B's inputs
         self._shadow_gen = None if self.shadow is None else self.shadow.forward(tokens)
@@ -251,11 +276,15 @@ class LiveSource:
             self._current = {}
             self._resynced = False
             order = ["B", "A"] + [lab for lab in self._gens if lab not in ("A", "B")]  # B first: resync reads it
-            for lab in order:
-                r = next(self._gens[lab], None)
-                if r is None:
-                    break
-                self._current[lab] = r
+            if self._concurrent_pass:
+                got = lockstep.advance_all({lab: self._gens[lab] for lab in order})
+                self._current = {lab: r for lab, r in got.items() if r is not None}
+            else:
+                for lab in order:
+                    r = next(self._gens[lab], None)
+                    if r is None:
+                        break
+                    self._current[lab] = r
             if len(self._current) == len(self._gens):
                 break
             self._gens = None

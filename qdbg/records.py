@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping, MutableMapping
 
 import numpy as np
 
@@ -312,6 +312,8 @@ class Record:
     what the live source did to this op (e.g. "resync A<-B"), empty when nothing. `aux` holds
     values the live source computed beside the sides' (AUX_CROSS, AUX_SHADOW, AUX_SPLIT), which
     the debugger turns into PairMetrics' local/inherited/noise and the logits' noise floor.
+    In a debugger's history both are qdbg.history.Arrays (some values may be spilled to disk and
+    come back, read-only, on access); elsewhere plain dicts.
     """
 
     index: int
@@ -325,12 +327,12 @@ class Record:
     weight: str | None
     weight_types: dict[str, str | None]
     ggml_name: str | None
-    values: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    values: MutableMapping[str, np.ndarray] = field(default_factory=dict, repr=False)
     stats: dict[str, SideStats] = field(default_factory=dict, repr=False)
     pairs: dict[str, PairMetrics] = field(default_factory=dict, repr=False)
     logits: dict[str, LogitsComparison] | None = field(default=None, repr=False)
     interventions: list[str] = field(default_factory=list)
-    aux: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    aux: MutableMapping[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def pair(self) -> PairMetrics:
