@@ -279,14 +279,15 @@ class QdbgApp(App[None]):
         if msg.verb == "run_to" and msg.stop.reason == "end":
             self._goto_history(msg.wanted, wrap=True)
             return
-        self._show_stop(msg.stop)
+        # after an interrupt the state line goes out alone first; the panes follow a frame later
+        self._show_stop(msg.stop, header_first=msg.stop.reason == "interrupted")
         if msg.verb == "patch":
             from qdbg.tui.patches import flip_state, patch_effect
 
             label = msg.wanted[1].label() if msg.wanted[0] == "add" else "patch removed"
             self._set_state(patch_effect(label, self._patch_before, flip_state(self.session.history)), "end")
 
-    def _show_stop(self, stop: Any) -> None:
+    def _show_stop(self, stop: Any, header_first: bool = False) -> None:
         self.last_stop = stop
         rec = stop.record
         tl = self.query_one(Timeline)
@@ -302,7 +303,10 @@ class QdbgApp(App[None]):
             self._set_state(f"at {rec.name}")
         else:
             self._set_state("")
-        self._refresh_views()
+        if header_first:
+            self.call_after_refresh(self._refresh_views)
+        else:
+            self._refresh_views()
 
     def action_step(self) -> None:
         if self._can_act():
