@@ -1,10 +1,10 @@
-"""Render the README screenshots of the TUI as SVG: the main screen, a breakpoint hit, and the
-logits pane after a top-1 flip, at 120x40.
+"""Render the README screenshots of the TUI as SVG: the main screen, a breakpoint hit, the
+logits pane after a top-1 flip, attribution at an op, and the same op patched from B, at 120x40.
 
     python tools/screenshots.py                 # the demo pair (qdbg demo's Q4_K_M vs Q5_K_M)
     python tools/screenshots.py --synthetic     # the seeded synthetic llama pair of the tests
 
-Writes screenshots/main.svg, screenshots/breakpoint.svg and screenshots/flip.svg (or --out DIR).
+Writes screenshots/main.svg, breakpoint.svg, flip.svg, attribution.svg and patched.svg (or --out DIR).
 The images show file names only, never directories, and no clock.
 """
 
@@ -23,6 +23,7 @@ from qdbg.session import Session, open_session
 from qdbg.tui import make_app
 
 SIZE = (120, 40)
+FIX_OP = "ffn_gate-0"  # the op whose weight `qdbg bisect` names for the demo pair (README example)
 SYNTH_PROMPT = [1, 40, 41, 300, 12]
 SYNTH_FLIPS = ([1, 40, 41, 300, 6], [1, 40, 41, 300, 5], [1, 40, 41, 300, 10])
 
@@ -126,6 +127,22 @@ def main(argv: list[str] | None = None) -> int:
         await _settle(pilot)
 
     shoot(s, out / "flip.svg", at_end)
+
+    # the worked example: where the divergence is born, then the same op patched from B
+    target = FIX_OP if not args.synthetic else "ffn_gate-0"
+
+    async def attribution(pilot) -> None:
+        await _press(pilot, "e", "slash")
+        pilot.app.screen.query_one("Input").value = target
+        await _press(pilot, "enter")
+
+    shoot(open_session(paths, list(s.prompt)), out / "attribution.svg", attribution)
+
+    async def patched(pilot) -> None:
+        await attribution(pilot)
+        await _press(pilot, "p")
+
+    shoot(open_session(paths, list(s.prompt)), out / "patched.svg", patched)
     return 0
 
 

@@ -133,8 +133,7 @@ class LogitsPane(VerticalScroll, can_focus=False):
                               style="bold red"))
         verdict = next((f for f in flips([rec]) if f.pos == pos.get("pos")), None)
         if verdict is not None and verdict.flip:
-            parts.append(Text(f"{verdict.verdict}: swing {num(verdict.swing, '.3g')} vs noise "
-                              f"{num(verdict.noise, '.3g')}", style="bold red" if verdict.verdict == "decisive"
+            parts.append(Text(verdict.because(), style="bold red" if verdict.verdict == "decisive"
                               else "yellow", no_wrap=True, overflow="ellipsis"))
         ar = (rec.logits or {}).get("A~R")
         r_top = ar["positions"][-1]["b"]["top"] if ar and ar.get("positions") else None
