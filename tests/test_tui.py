@@ -30,6 +30,7 @@ from qdbg.tui.help_screen import HelpScreen  # noqa: E402
 from qdbg.tui.logits_pane import LogitsPane  # noqa: E402
 from qdbg.tui.prompt import PromptScreen  # noqa: E402
 from qdbg.tui.timeline import Timeline  # noqa: E402
+from tui_pilot import drive, press, settle, type_text  # noqa: E402,F401
 
 PROMPT = [1, 40, 41, 300, 12]
 SIZE = (120, 40)
@@ -49,29 +50,6 @@ def new_session(models):
     return make
 
 
-def drive(app: QdbgApp, script, size=SIZE):
-    """Run `await script(pilot)` inside app.run_test and return its result."""
-    async def main():
-        async with app.run_test(size=size) as pilot:
-            await settle(pilot)
-            return await script(pilot)
-    return asyncio.run(main())
-
-
-async def settle(pilot) -> None:
-    """Let workers finish and their messages land."""
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-
-
-async def press(pilot, *keys: str) -> None:
-    for k in keys:
-        await pilot.press(k)
-        await settle(pilot)
-
-
-async def type_text(pilot, text: str) -> None:
-    await pilot.press(*[{" ": "space"}.get(ch, ch) for ch in text])
 
 
 async def answer(pilot, text: str) -> None:

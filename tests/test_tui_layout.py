@@ -5,7 +5,6 @@ that fit their cells, and the user's TOML key map."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 
 import pytest
@@ -16,13 +15,14 @@ from qdbg.session import Session
 
 pytest.importorskip("textual")
 
-from textual.widgets import Input  # noqa: E402
 
 from qdbg.tui.app import make_app  # noqa: E402
 from qdbg.tui.diff_pane import top_lines  # noqa: E402
 from qdbg.tui.fmt import fit_num, pct_diff  # noqa: E402
 from qdbg.tui.keymap import load_keymap, user_keymap_path  # noqa: E402
 from qdbg.tui.timeline import Timeline  # noqa: E402
+from tui_pilot import answer, press, settle  # noqa: E402,F401
+from tui_pilot import drive as run  # noqa: E402
 
 PROMPT = [1, 40, 41, 300, 12]
 
@@ -32,28 +32,6 @@ def models(synth_model):
     return {"A": Model(synth_model("llama", "Q4_K_M")), "B": Model(synth_model("llama", "Q5_K_M"))}
 
 
-def run(app, script, size):
-    async def main():
-        async with app.run_test(size=size) as pilot:
-            await settle(pilot)
-            return await script(pilot)
-    return asyncio.run(main())
-
-
-async def settle(pilot) -> None:
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-
-
-async def press(pilot, *keys: str) -> None:
-    for k in keys:
-        await pilot.press(k)
-        await settle(pilot)
-
-
-async def answer(pilot, text: str) -> None:
-    pilot.app.screen.query_one(Input).value = text
-    await press(pilot, "enter")
 
 
 def screen_lines(app) -> list[str]:

@@ -4,7 +4,6 @@ show it. Driven through Textual's Pilot on the synthetic Q4_K_M / Q5_K_M pair.""
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
@@ -16,6 +15,7 @@ textual = pytest.importorskip("textual")
 from qdbg.tui.app import make_app  # noqa: E402
 from qdbg.tui.header import SessionHeader  # noqa: E402
 from qdbg.tui.patches import PatchesScreen, flip_state, patch_effect  # noqa: E402
+from tui_pilot import drive, press, settle  # noqa: E402,F401
 
 PROMPT = [1, 40, 41, 300, 12]
 
@@ -25,23 +25,6 @@ def models(synth_model):
     return {"A": Model(synth_model("llama", "Q4_K_M")), "B": Model(synth_model("llama", "Q5_K_M"))}
 
 
-def drive(app, script):
-    async def main():
-        async with app.run_test(size=(120, 40)) as pilot:
-            await settle(pilot)
-            return await script(pilot)
-    return asyncio.run(main())
-
-
-async def settle(pilot) -> None:
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-
-
-async def press(pilot, *keys: str) -> None:
-    for k in keys:
-        await pilot.press(k)
-        await settle(pilot)
 
 
 def state(app) -> str:

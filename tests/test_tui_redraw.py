@@ -5,7 +5,6 @@ timeline pane's alone; Esc wakes a wait for an op at once."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import pytest
@@ -20,6 +19,7 @@ from qdbg.tui.app import make_app  # noqa: E402
 from qdbg.tui.fmt import pct  # noqa: E402
 from qdbg.tui.prefetch import Interrupted, PrefetchSource  # noqa: E402
 from qdbg.tui.timeline import Timeline  # noqa: E402
+from tui_pilot import drive, press  # noqa: E402,F401
 
 PROMPT = [1, 40, 41, 300, 12]
 SIZE = (120, 40)
@@ -30,20 +30,6 @@ def models(synth_model):
     return {"A": Model(synth_model("llama", "Q4_K_M")), "B": Model(synth_model("llama", "Q5_K_M"))}
 
 
-def drive(app, script, size=SIZE):
-    async def main():
-        async with app.run_test(size=size) as pilot:
-            await app.workers.wait_for_complete()
-            await pilot.pause()
-            return await script(pilot)
-    return asyncio.run(main())
-
-
-async def press(pilot, *keys: str) -> None:
-    for k in keys:
-        await pilot.press(k)
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
 
 
 def row_texts(tl: Timeline) -> list[str]:
