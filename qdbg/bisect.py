@@ -195,10 +195,12 @@ def _differs(a: Any, src: Any, name: str) -> bool:
 
 
 def rank_candidates(model_a: Any, source: Any, prompts: Sequence[Sequence[int]], mode: str,
-                    settings: Any, notes: list[str]) -> list[tuple[str, float]]:
+                    settings: Any, notes: list[str], progress: Any = None) -> list[tuple[str, float]]:
     """(tensor, largest local error) for every tensor worth trying, highest first."""
     score: dict[str, float] = {}
-    for toks in prompts:
+    for i, toks in enumerate(prompts):
+        if progress is not None:
+            progress(f"ranking tensors by local error: prompt {i + 1}", i, len(prompts))
         ea = Engine(model_a, mode, settings=settings)
         es = Engine(source, mode, settings=settings)
         for att in attribute_run(ea, es, toks):
@@ -282,11 +284,14 @@ def _fmt_kl(x: float | None) -> str:
 
 def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, source: Any = None,
            target: Target = Target("flip"), mode: str = "exact", settings: Any = None,
-           max_trials: int = 64, log: Log | None = None, fixed: Sequence[str] = ()) -> BisectResult:
+           max_trials: int = 64, log: Log | None = None, fixed: Sequence[str] = (),
+           progress: Any = None) -> BisectResult:
     """Find a small set of A's tensors that, taken from `source` (default B), meet `target`.
 
     `fixed` (from `--patch GLOB=SIDE`): tensors A always takes from the source, before any trial;
-    they are part of every trial and of the recipe, never pruned."""
+    they are part of every trial and of the recipe, never pruned. `progress` (qdbg.progress) hears
+    of each prompt ranked and each trial."""
+    tell = progress or (lambda what, done, total: None)
     src = model_b if source is None else source
     say = log or (lambda s: None)
     if not prompts:
@@ -309,7 +314,8 @@ def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, sour
     local: dict[str, float | None] = {n: None for n in fixed}
     if not target.met(before):
         say("ranking tensors by local error (one attributed forward of A and the source per prompt)")
-        ranked = [(n, s) for n, s in rank_candidates(model_a, src, prompts, mode, settings, notes)
+        tell("ranking tensors by local error", 0, len(prompts))
+        ranked = [(n, s) for n, s in rank_candidates(model_a, src, prompts, mode, settings, notes, tell)
                   if n not in fixed]
         local.update(ranked)
     elif not fixed:
@@ -323,6 +329,7 @@ def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, sour
             notes.append(f"stopped after --max-trials {max_trials}")
             break
         chosen.append(name)
+        tell(f"trial {trials + 1}: +{name}", trials, min(max_trials, len(ranked)))
         after = seen[frozenset(chosen)] = trial(chosen)
         trials += 1
         met = target.met(after)
@@ -335,6 +342,7 @@ def bisect(model_a: Any, model_b: Any, prompts: Sequence[Sequence[int]], *, sour
             rest = [n for n in chosen if n != name]
             key = frozenset(rest)
             if key not in seen:
+                tell(f"pruning: -{name}", trials, trials + len(chosen))
                 seen[key] = trial(rest)
                 trials += 1
                 say(f"trial {trials}: -{name} -> {len(seen[key].flips)} differ, "

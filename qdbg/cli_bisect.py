@@ -154,8 +154,12 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     fixed = _patched(args, models["A"])
     prompts = _prompts(args, models["A"])
     log = None if args.json else (lambda s: print(s, file=sys.stderr))
-    res = bisect(models["A"], models["B"], prompts, source=models[args.source], target=target,
-                 mode=args.mode, settings=settings, max_trials=args.max_trials, log=log, fixed=fixed)
+    from qdbg.cli_progress import progress_bar
+
+    with progress_bar("bisect") as progress:
+        res = bisect(models["A"], models["B"], prompts, source=models[args.source], target=target,
+                     mode=args.mode, settings=settings, max_trials=args.max_trials, log=log, fixed=fixed,
+                     progress=progress)
     if args.recipe_out and res.met:
         write_text(args.recipe_out, recipe_text(res.recipe))
     if args.json:

@@ -168,3 +168,17 @@ def test_patch_errors(pair, capsys, patch: str, msg: str) -> None:
     toks = ",".join(map(str, CASE["tokens"]))
     assert main(["bisect", str(pair["A"]), str(pair["B"]), "--tokens", toks, "--patch", patch]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_bisect_reports_progress(pair) -> None:
+    """bisect tells its progress callback about the ranking and each trial, in order."""
+    from qdbg.bisect import Target, bisect
+
+    calls: list[tuple[str, int, int]] = []
+    res = bisect(Model(pair["A"]), Model(pair["B"]), [CASE["tokens"]], target=Target("flip"),
+                 progress=lambda what, done, total: calls.append((what, done, total)))
+    assert res.met and res.trials >= 1
+    assert calls[0][0].startswith("ranking tensors by local error")
+    trials = [c for c in calls if c[0].startswith("trial ")]
+    assert len(trials) >= 1 and trials[0][0] == f"trial 1: +{CASE['tensor']}" and trials[0][1] == 0
+    assert [c[1] for c in trials] == sorted(c[1] for c in trials)
