@@ -20,7 +20,7 @@ import pytest
 
 from qdbg.errors import TraceError
 from qdbg.session import open_session
-from qdbg.trace import load_trace, open_replay, save_trace
+from qdbg.trace import open_replay, save_trace
 
 SEED = 314159
 HOSTILE = [None, True, -1, 2**63, 1e308, float("nan"), "x", [], {}, [[[[[[]]]]]], "A" * 10000]

@@ -118,7 +118,6 @@ def test_unreadable_file_is_one_line(capsys, monkeypatch, tmp_path):
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200))
 def test_any_prompt_tokenizes_or_fails_cleanly(text):
-    from qdbg.tokenizer import Tokenizer
 
     tok = _tokenizer()
     try:

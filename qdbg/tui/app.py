@@ -20,7 +20,7 @@ from textual.app import App, ComposeResult
 from textual.reactive import reactive
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import OptionList, Static
+from textual.widgets import Static
 
 from qdbg.errors import ExpressionError, QdbgError
 from qdbg.tui import keys

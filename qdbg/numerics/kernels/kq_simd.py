@@ -37,8 +37,6 @@ def _make(G: int, NT: int):
 
             pw, pq, po = ptr(0), ptr(1), ptr(5)
             q_off, q_st, n, o_off, o_st = idx(2), idx(3), idx(4), idx(6), idx(7)
-            red = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [v8i]),
-                                                 "llvm.vector.reduce.add.v8i32")
             ev16, od16 = (ir.Constant(v16i, [2 * k + u for k in range(16)]) for u in (0, 1))
             ev8, od8 = (ir.Constant(v8i, [2 * k + u for k in range(8)]) for u in (0, 1))
             q0 = [builder.add(q_off, builder.mul(q_st, ir.Constant(i64, j))) for j in range(NT)]
