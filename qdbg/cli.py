@@ -37,7 +37,8 @@ def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
         pieces = None
     s = Session(models, ids, mode=args.mode, pieces=pieces, settings=settings_from_args(args),
                 scope=getattr(args, "scope", "last"), patches=getattr(args, "patches", None) or (),
-                resyncs=getattr(args, "resyncs", None) or (), noise=bool(getattr(args, "noise", False)))
+                resyncs=getattr(args, "resyncs", None) or (), noise=bool(getattr(args, "noise", False)),
+                attribution=getattr(args, "attribution", True))
     s.prompt_text = getattr(args, "prompt", None)
     _add_breaks(s, args)
     return s, {lab: m.path.name for lab, m in models.items()}

@@ -147,6 +147,9 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
                    help="measure llama.cpp's own variation: a shadow of A with the other flash-attention setting "
                         "per op (breakpoint variable noise) and another micro-batch split at the logits (each "
                         "flip's noise floor)")
+    p.add_argument("--no-attribution", dest="attribution", action="store_false",
+                   help="skip A's op on B's input at every op (local/inherited error): about halves the "
+                        "time of a run on two cores, and 'where the divergence is born' is then not shown")
 
 
 def _print_json(obj: object) -> None:

@@ -42,3 +42,18 @@ def test_bad_patch_is_one_line(capsys, synth_model):
     a, b = (str(synth_model("llama", ft)) for ft in ("Q4_K_M", "Q5_K_M"))
     rc, out, err = run(capsys, "run", a, b, "--tokens", TOKENS, "--patch", "blk.0.attn_v.weight=Q")
     assert rc == 2 and "--patch wants GLOB=SIDE" in err and "Traceback" not in err
+
+
+def test_no_attribution_skips_local_and_inherited(capsys, synth_model):
+    """--no-attribution: no op is recomputed on B's input, so local/inherited are absent and
+    'where the divergence is born' is empty (the rest of the run is unchanged)."""
+    a, b = (str(synth_model("llama", ft)) for ft in ("Q4_K_M", "Q5_K_M"))
+    rc, out, err = run(capsys, "run", a, b, "--tokens", TOKENS, "--json", "--no-attribution",
+                       "--break", "kind == 'matmul'")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["stops"] and all(st["metrics"]["local"] is None and st["metrics"]["inherited"] is None
+                              for st in d["stops"])
+    assert d["findings"]["born"]["ops"] == [] and d["findings"]["born"]["tensors"] == []
+    rc, with_attr, _ = run(capsys, "run", a, b, "--tokens", TOKENS, "--json")
+    assert json.loads(with_attr)["final"] == d["final"]
