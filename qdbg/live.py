@@ -257,6 +257,11 @@ class LiveSource:
 
         if a.kind == "embed":
             return a.computed if a.computed is not None else a.value
+        if a.weight is None:
+            # a weightless op (RoPE, attention, residual, GLU, scale) runs the same arithmetic on
+            # both sides (one mode per session), so on B's inputs A computes B's output bit for
+            # bit: local is exactly 0 without computing it again
+            return b.computed if b.computed is not None else b.value
         try:
             ins = [self._env_b[n] for n in b.inputs]
         except KeyError:
