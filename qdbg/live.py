@@ -234,6 +234,9 @@ class LiveSource:
 
     def _start_pass(self, tokens: Sequence[int]) -> None:
         self._concurrent_pass = self._concurrency(len(tokens))
+        n_past = self.engines["A"].n_past
+        self._pass_pos = tuple(range(n_past, n_past + len(tokens)))
+        self._op_i = 0  # index of the pass's next op in self._ops
         self._gens = {lab: e.forward(tokens) for lab, e in self.engines.items()}
         self._env_b: dict[str, np.ndarray] = {}  # B's values of this pass, for A's op on B's inputs
         self._shadow_gen = None if self.shadow is None else self.shadow.forward(tokens)
@@ -268,6 +271,21 @@ class LiveSource:
             return None
         return recompute(a, ins, self.engines["A"], kv=self.engines["B"])
 
+    def _cross_alongside(self, n_sides: int) -> Any:
+        """With the sides running concurrently: start A's coming op on B's inputs (f_A(x_B)) in a
+        worker too — it needs only B's earlier values of the pass, which are known before the op
+        runs. (name, Future), or None when there is nothing to overlap (no attribution, no weight:
+        weightless ops cost nothing here, see `_cross`)."""
+        if not self.attribution or self._op_i >= len(self._ops):
+            return None
+        op = self._ops[self._op_i]
+        if op.weight is None or op.fn == "get_rows" or any(n not in self._env_b for n in op.inputs):
+            return None
+        ins = [self._env_b[n] for n in op.inputs]
+        fut = lockstep.submit_alongside(n_sides, self.engines["A"].compute, op, ins, self._pass_pos,
+                                        kv=self.engines["B"])
+        return op.name, fut
+
     def next_op(self, index: int) -> Record | None:
         while True:
             if self._gens is None:
@@ -282,8 +300,10 @@ class LiveSource:
             self._resynced = False
             order = ["B", "A"] + [lab for lab in self._gens if lab not in ("A", "B")]  # B first: resync reads it
             if self._concurrent_pass:
+                cross_job = self._cross_alongside(len(order))
                 got = lockstep.advance_all({lab: self._gens[lab] for lab in order})
                 self._current = {lab: r for lab, r in got.items() if r is not None}
+                self._early_cross = None if cross_job is None else (cross_job[0], cross_job[1].result())
             else:
                 for lab in order:
                     r = next(self._gens[lab], None)
@@ -310,8 +330,10 @@ class LiveSource:
         if a.weight:
             rec.interventions += [p.label() for p in self.patches if fnmatch.fnmatchcase(a.weight, p.glob)]
         b = results["B"]
+        self._op_i += 1
+        early, self._early_cross = getattr(self, "_early_cross", None), None
         if self.attribution:
-            cross = self._cross(a, b)
+            cross = early[1] if early is not None and early[0] == a.name else self._cross(a, b)
             if cross is not None:
                 rec.aux[AUX_CROSS] = cross
         self._env_b[b.name] = b.value

@@ -17,6 +17,7 @@ import hashlib
 import mmap
 import os
 import sys
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,16 @@ class ResidentPages:
         self.used = 0
         self.released = 0  # how many times a weight's pages were handed back
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # a side and its attribution job may touch weights at once
 
     def touch(self, name: str, raw: np.ndarray | None) -> None:
         """`name`'s bytes are about to be read: make it the most recent; release the oldest over budget."""
         if raw is None or not _is_file_map(raw):
             return
+        with self._lock:
+            self._touch(name, raw)
+
+    def _touch(self, name: str, raw: np.ndarray) -> None:
         if name in self._items:
             self._items.move_to_end(name)
             return
@@ -93,17 +99,23 @@ class WeightCache:
         self.used = 0
         self._items: OrderedDict[str, Weight] = OrderedDict()
         self.hits = self.misses = 0
+        self._lock = threading.RLock()
 
     def get(self, name: str) -> Weight | None:
-        w = self._items.get(name)
-        if w is not None:
-            self._items.move_to_end(name)
-            self.hits += 1
-        else:
-            self.misses += 1
-        return w
+        with self._lock:
+            w = self._items.get(name)
+            if w is not None:
+                self._items.move_to_end(name)
+                self.hits += 1
+            else:
+                self.misses += 1
+            return w
 
     def put(self, w: Weight) -> None:
+        with self._lock:
+            self._put(w)
+
+    def _put(self, w: Weight) -> None:
         if w.name in self._items:
             self.used -= self._items.pop(w.name).nbytes
         self._items[w.name] = w

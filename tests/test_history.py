@@ -224,3 +224,20 @@ def test_small_passes_run_in_order_and_resync_stays_sequential(models, count_con
     d.run_to_end()
     assert count_concurrent == []
     assert any("resync A<-B" in r.interventions for r in d.history)
+
+
+def test_attribution_runs_alongside_the_sides_with_identical_bits(models, full, count_concurrent, monkeypatch):
+    """With the sides concurrent, A's op on B's input (f_A(x_B), for attribution) is started in a
+    worker next to them for every op with a weight; the history is the same bits as sequential."""
+    jobs = []
+    real = lockstep.submit_alongside
+
+    def counting(n_sides, fn, op, *args, **kw):
+        jobs.append(op.name)
+        return real(n_sides, fn, op, *args, **kw)
+
+    monkeypatch.setattr(live.lockstep, "submit_alongside", counting)
+    conc = _run(models, 1 << 40, concurrent=True)
+    weighted = [r.name for r in conc.history if r.weight and r.kind != "embed"]
+    assert jobs == weighted
+    _same_history(full.history, conc.history)

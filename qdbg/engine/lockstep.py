@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator, Mapping, TypeVar
+from typing import Any, Iterator, Mapping, TypeVar
 
 __all__ = ["advance_all", "set_threads", "threads"]
 
@@ -60,6 +60,12 @@ def _get_pool(n_workers: int) -> ThreadPoolExecutor:
                 _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="qdbg-lockstep")
         return _pool
+
+
+def submit_alongside(n_sides: int, fn: Any, *args: Any, **kw: Any) -> Future:
+    """Run `fn(*args, **kw)` in a worker thread while `advance_all` steps `n_sides` generators: the
+    pool is grown so that every side still gets a worker of its own (the extra job takes one)."""
+    return _get_pool(max(1, n_sides)).submit(fn, *args, **kw)
 
 
 def _next(g: Iterator[T]) -> T | None:
