@@ -148,8 +148,8 @@ def _add_pair_args(p: argparse.ArgumentParser) -> None:
                         "per op (breakpoint variable noise) and another micro-batch split at the logits (each "
                         "flip's noise floor)")
     p.add_argument("--no-attribution", dest="attribution", action="store_false",
-                   help="skip A's op on B's input at every op (local/inherited error): about halves the "
-                        "time of a run on two cores, and 'where the divergence is born' is then not shown")
+                   help="skip A's op on B's input at every op (local/inherited error): a run takes about "
+                        "a third less time, and 'where the divergence is born' is then not shown")
 
 
 def _print_json(obj: object) -> None:
