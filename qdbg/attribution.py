@@ -82,13 +82,7 @@ def recompute(res: OpResult, inputs: Sequence[np.ndarray], side: Any, kv: Any = 
     (`Engine.compute` on its op list), so attribution cannot drift from what the run computes."""
     if res.kind == "embed":  # the token ids are the same on both sides
         return res.value
-    ops = getattr(side, "_ops_by_name", None)
-    if ops is None or res.name not in ops:
-        ops = side._ops_by_name = {o.name: o for o in side.pass_ops()}
-    op = ops.get(res.name)
-    if op is None:
-        raise QdbgError(f"{res.name}: not an op of this engine's pass")
-    return side.compute(op, inputs, res.positions, kv=side if kv is None else kv)
+    return side.compute(side.op(res.name), inputs, res.positions, kv=side if kv is None else kv)
 
 
 def _rel(d: np.ndarray, ref_norm: float) -> float:

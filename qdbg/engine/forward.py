@@ -47,6 +47,7 @@ class Engine:
         self.hook = overrides if callable(overrides) else None
         self.overrides: dict[str, Override] = {} if callable(overrides) else dict(overrides or {})
         self.weight_overrides: dict[str, Weight] = dict(weight_overrides or {})
+        self._ops: list[Op] | None = None  # the pass's op list, built on first use (pass_ops)
         self.reset()
 
     def reset(self) -> None:
@@ -75,8 +76,21 @@ class Engine:
         return [toks[i:i + n] for i in range(0, len(toks), n)]
 
     def pass_ops(self) -> list[Op]:
-        """The ops of one pass of this model with these settings, in order (qdbg.engine.graph)."""
-        return pass_ops(self.cfg, self.settings.flash_attn)
+        """The ops of one pass of this model with these settings, in order (qdbg.engine.graph);
+        built once per engine (the config and settings do not change)."""
+        if self._ops is None:
+            self._ops = pass_ops(self.cfg, self.settings.flash_attn)
+            self._free_after = last_reads(self._ops)
+            self._by_name = {o.name: o for o in self._ops}
+        return self._ops
+
+    def op(self, name: str) -> Op:
+        """The op of a pass named `name`; QdbgError if this engine's pass has none."""
+        self.pass_ops()
+        op = self._by_name.get(name)
+        if op is None:
+            raise QdbgError(f"{name}: not an op of this engine's pass")
+        return op
 
     def forward(self, tokens: Sequence[int]) -> Iterator[OpResult]:
         """Process `tokens` as one micro-batch (one llama.cpp graph) at the next positions; yield
@@ -101,7 +115,7 @@ class Engine:
         ctx = PassContext(ids, np.arange(n_past, n_past + n_tok, dtype=np.int64), self, self)
         positions = tuple(int(p) for p in ctx.pos)
         ops = self.pass_ops()
-        free_after = last_reads(ops)
+        free_after = self._free_after
         env: dict[str, np.ndarray] = {}
         for i, op in enumerate(ops):
             value = self._compute(op, [env[n] for n in op.inputs], ctx)

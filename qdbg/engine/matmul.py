@@ -19,8 +19,6 @@ from gguf import GGMLQuantizationType as QT
 from qdbg.engine.ops import to_f16
 from qdbg.engine.weights import Weight
 
-MODES = ("ggml", "f32")
-
 
 def _vec_dot_type(qtype: QT) -> QT:
     from qdbg.quant.activations import VEC_DOT_TYPE
