@@ -28,7 +28,7 @@ import numpy as np
 import llama_cpp as L
 
 from llama_oracle import GGML_MAX_DIMS, GGML_TENSOR_FLAG_INPUT, GgmlTensor, _base, check_layout, \
-    quiet_logs, type_name
+    load_model, type_name
 
 _VIEW_OPS = {"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
 _DTYPES = {0: np.float32, 1: np.float16, 24: np.int8, 25: np.int16, 26: np.int32, 27: np.int64,
@@ -193,13 +193,7 @@ def run(model_path: str, prompt: Sequence[int], n_decode: int, s: Settings, cb: 
     """Prompt (fed in n_batch chunks, one llama_decode each, as llama_cpp.Llama.eval does) then
     n_decode greedy one-token decodes. Returns {"tokens", "steps": [Step], "weights", "n_ctx",
     "logits" [n_positions, n_vocab]}; with cb=False no node is observed (steps empty)."""
-    quiet_logs()
-    L.llama_backend_init()
-    mp = L.llama_model_default_params()
-    mp.n_gpu_layers = 0
-    model = L.llama_model_load_from_file(model_path.encode(), mp)
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {model_path}")
+    model = load_model(model_path)
     rec = _Recorder(full)
     cp = L.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_ubatch = s.n_ctx, s.n_batch, s.n_ubatch

@@ -301,6 +301,18 @@ def quiet_logs(verbose: bool = False) -> None:
     L.llama_log_set(_LOG_SINK[0], ctypes.c_void_p())
 
 
+def load_model(model_path: str, verbose: bool = False) -> Any:
+    """Load a GGUF into llama.cpp on the CPU only (no GPU layers); RuntimeError if it cannot."""
+    quiet_logs(verbose)
+    L.llama_backend_init()
+    mp = L.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    model = L.llama_model_load_from_file(model_path.encode(), mp)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not load {model_path}")
+    return model
+
+
 def quantize(src: str, dst: str, ftype: str, nthread: int = 1, verbose: bool = False,
              pure: bool = False) -> None:
     """Quantize GGUF `src` into `dst` with llama.cpp's own llama_model_quantize (default params;
@@ -356,13 +368,7 @@ def record(model_path: str, prompt: Sequence[int], n_decode: int = 3,
     sources (None for weights), src_roots the recorded node holding each source's data (through
     unrecorded views), or None.
     """
-    quiet_logs(verbose)
-    L.llama_backend_init()
-    mp = L.llama_model_default_params()
-    mp.n_gpu_layers = 0
-    model = L.llama_model_load_from_file(model_path.encode(), mp)
-    if not model:
-        raise RuntimeError(f"llama.cpp could not load {model_path}")
+    model = load_model(model_path, verbose)
     rec = _Recorder(keep)
     cp = L.llama_context_default_params()
     cp.n_ctx = n_ctx
