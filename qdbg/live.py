@@ -237,6 +237,7 @@ class LiveSource:
         n_past = self.engines["A"].n_past
         self._pass_pos = tuple(range(n_past, n_past + len(tokens)))
         self._op_i = 0  # index of the pass's next op in self._ops
+        self._early_cross: tuple[str, np.ndarray] | None = None  # f_A(x_B) computed alongside the sides
         self._gens = {lab: e.forward(tokens) for lab, e in self.engines.items()}
         self._env_b: dict[str, np.ndarray] = {}  # B's values of this pass, for A's op on B's inputs
         self._shadow_gen = None if self.shadow is None else self.shadow.forward(tokens)
@@ -331,7 +332,7 @@ class LiveSource:
             rec.interventions += [p.label() for p in self.patches if fnmatch.fnmatchcase(a.weight, p.glob)]
         b = results["B"]
         self._op_i += 1
-        early, self._early_cross = getattr(self, "_early_cross", None), None
+        early, self._early_cross = self._early_cross, None
         if self.attribution:
             cross = early[1] if early is not None and early[0] == a.name else self._cross(a, b)
             if cross is not None:
