@@ -134,3 +134,62 @@ def test_fidelity_golden_matmuls_bit_equal(stem: str, tmp_path: Path) -> None:
             assert _bits_equal(got, want), (stem, step, node.name)
             seen.add((info.qtype.name + ("/repack" if repacked else ""), x.shape[0]))
     assert {n for _, n in seen} == {1, 7} and len(seen) == 4, seen
+
+
+def test_q8_K_kernel_matches_the_numpy_reference() -> None:
+    """The matmuls' numba quantize_row_q8_K gives the reference's bits, special values included."""
+    from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
+    from qdbg.quant.activations import quantize_q8_K
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((12, 1024)) * 3).astype(np.float32)
+    x[0, :256] = 0.0
+    x[1, 256:512] = -0.0
+    x[2, 5], x[2, 700] = np.nan, 1e30
+    x[3, 300], x[4, 600] = np.inf, -np.inf
+    x[5, :256] = 1e-40                                  # subnormal: iscale overflows to inf
+    x[6, 10], x[6, 11] = 1e38, -1e38
+    x[7, 256:512] = 0.5
+    x[7, 300] = -0.5                                    # a tie: the first largest |x| wins
+    x[8, :256] = rng.integers(-3, 4, 256)
+    x[9, 512:768] = np.nan
+    for want, got in zip(quantize_q8_K(x), quantize_q8_K_fast(x)):
+        assert want.dtype == got.dtype and want.shape == got.shape
+        assert want.tobytes() == got.tobytes()
+
+
+def test_portable_madd_gives_the_avx2_integers() -> None:
+    """The byte-madd sums in portable IR (hosts without AVX2) equal the vpmaddubsw ones."""
+    import numba
+
+    from qdbg.numerics.kernels import kq_simd
+
+    if not kq_simd.native_avx2():
+        pytest.skip("no AVX2 here: only the portable IR runs")
+    fns = {(g, nt, nat): kq_simd._make_madd(g, nt, native=nat)
+           for g in (4, 64) for nt in (1, 4) for nat in (True, False)}
+
+    def runner(fn, g, nt):
+        @numba.njit(cache=False)
+        def run(codes, sce, q, n, out):
+            fn(codes, sce, q, 0, n, n, out, 0, out.shape[1], 8 if g == 4 else 1)
+        return run
+
+    rng = np.random.default_rng(3)
+    n = 512
+    codes = rng.integers(0, 64, n).astype(np.uint8)
+    sce = np.repeat(rng.integers(-128, 128, n // 16).astype(np.int16), 8)
+    q = rng.integers(-128, 128, 4 * n).astype(np.int8)
+    q[:64] = -128                                       # the largest pair sums |63*-128*2|
+    codes[:64] = 63
+    for g in (4, 64):
+        for nt in (1, 4):
+            width = n // 4 if g == 4 else n // 64
+            outs = []
+            for nat in (True, False):
+                out = np.zeros((nt, width), np.int32)
+                runner(fns[(g, nt, nat)], g, nt)(codes, sce, q, n, out)
+                outs.append(out)
+            w16 = sce.repeat(2).astype(np.int64) * codes
+            want = (w16 * q[:nt * n].reshape(nt, n)).reshape(nt, width, -1).sum(axis=-1)
+            assert np.array_equal(outs[0], want) and np.array_equal(outs[1], want), (g, nt)

@@ -1,7 +1,9 @@
 """The three K-quant x Q8_K matmul kernels of the AVX2 build, in their exact float order.
 
-All three take a weight row unpacked by kq_unpack, turned into w16 = scale * code per element
-(int16, exact; the C kernels apply the scale to int16 pair sums, same integers), and the
+All three take a weight row unpacked by kq_unpack and the integer sums of scale * code * q per 4
+(vec_dot's lanes) or 64 elements (kq_simd: u8 code x s8 q pair sums times the sub-block scale, as
+the C kernels apply the scale to int16 pair sums; Q3_K's signed codes go through w16 = scale *
+code dotted in int32, the same integers), and the
 activation as Q8_K (q int8 [n_tok, n_in], d float32 [n_tok, nb], bsums int16 [n_tok, nb*16]).
 Integer sums are exact; only the float steps per 256-element block differ:
 
@@ -30,7 +32,10 @@ import numpy as np
 
 from qdbg.numerics.kernels.kq_unpack import (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, stage_row, unpack_codes,
                                               unpack_scales)
-from qdbg.numerics.kernels.kq_simd import kq_sums_4_1, kq_sums_4_4
+from qdbg.numerics.kernels.kq_rows import (kq_repack_row, kq_tiled_row_min8, kq_tiled_row_min16,
+                                           kq_tiled_row_q3, kq_tiled_row_q6)
+from qdbg.numerics.kernels.kq_simd import (kq_madd_4_1, kq_madd_4_4, kq_madd_64_1, kq_madd_64_4, kq_sums_4_1,
+                                           kq_sums_4_4)
 from qdbg.numerics.kernels.nb import fma32, hsum8, jit
 
 VEC_DOT, TILED, REPACK = 0, 1, 2
@@ -95,64 +100,24 @@ def _vec_dot(qt, sc, mn, xd, xdm, yd, bs, nb, c, acc, accm):
     return r
 
 
-@jit(inline="always")
-def _min_sum(qt, sc, mn, bs, b):
-    """Per block: sum of mins*bsums (Q2_K per 16, Q4_K/Q5_K per 32), or Q6_K's 32*sum sc*bsums."""
-    bo = b * 16
-    s2 = 0
-    if qt == Q6_K:
-        for s in range(16):
-            s2 += 32 * sc[b, s] * np.int32(bs[bo + s])
-    elif qt == Q2_K:
-        for s in range(16):
-            s2 += mn[b, s] * np.int32(bs[bo + s])
-    elif qt == Q4_K or qt == Q5_K:
-        for s in range(8):
-            s2 += mn[b, s] * (np.int32(bs[bo + 2 * s]) + np.int32(bs[bo + 2 * s + 1]))
-    return s2
-
-
 @jit
-def _tiled(qt, w16, sc, mn, xd, xdm, q, yd, bs, nb):
-    y = F32(0.0)
-    for b in range(nb):
-        s1 = _dot(w16, q, b * 256, 256)
-        s2 = _min_sum(qt, sc, mn, bs, b)
-        if qt == Q6_K:
-            v = xd[b] * F32(s1 - s2)
-        elif qt == Q3_K:
-            v = xd[b] * F32(s1)
-        else:
-            v = fma32(-xdm[b], F32(s2), xd[b] * F32(s1))
-        y = fma32(v, yd[b], y)
-    return y
-
-
-@jit
-def _repack(w16, mn, xd, xdm, q, yd, bs, nb, gemm):
-    """Q4_K 8x8 repack: gemm adds to the float accumulators per 64 elements, gemv per block."""
-    a = F32(0.0)
-    am = F32(0.0)
-    for b in range(nb):
-        dd = xd[b] * yd[b]
-        dm = xdm[b] * yd[b]
-        s1 = 0
-        s2 = 0
-        for j in range(4):                  # two 32-element sub-blocks per step
-            i1 = _dot(w16, q, b * 256 + 64 * j, 64)
-            bo = b * 16 + 4 * j
-            i2 = (mn[b, 2 * j] * (np.int32(bs[bo]) + np.int32(bs[bo + 1]))
-                  + mn[b, 2 * j + 1] * (np.int32(bs[bo + 2]) + np.int32(bs[bo + 3])))
-            if gemm:
-                a = fma32(F32(i1), dd, a)
-                am = fma32(F32(i2), dm, am)
+def _min_terms(qt, bs, ntp):
+    """Per block, sub-block and token, the bsums the mins (or Q6_K's -32 offset) multiply:
+    bt[b, s, t] with s < 16 (Q2_K, Q6_K: per 16 elements) or < 8 (Q4_K, Q5_K: per 32); tokens
+    padded to ntp with zeros."""
+    n_tok = bs.shape[0]
+    nb = bs.shape[1] // 16
+    bt = np.zeros((nb, 16, ntp), np.int32)
+    for t in range(n_tok):
+        for b in range(nb):
+            bo = 16 * b
+            if qt == Q4_K or qt == Q5_K:
+                for s in range(8):
+                    bt[b, s, t] = np.int32(bs[t, bo + 2 * s]) + np.int32(bs[t, bo + 2 * s + 1])
             else:
-                s1 += i1
-                s2 += i2
-        if not gemm:
-            a = fma32(F32(s1), dd, a)
-            am = fma32(F32(s2), dm, am)
-    return a - am
+                for s in range(16):
+                    bt[b, s, t] = np.int32(bs[t, bo + s])
+    return bt
 
 
 @jit
@@ -162,50 +127,93 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
     n_tok, n_in = q.shape
     nb = n_in // 256
     w = np.empty(n_in, np.int8)
+    codes = w.view(np.uint8)
     sc = np.empty((nb, 16), np.int32)
     scf = sc.reshape(nb * 16)
-    mn = np.empty((nb, 16), np.int32)
+    mn = np.zeros((nb, 16), np.int32)      # unpack_scales writes only the mins a type has
     xd = np.empty(nb, F32)
     xdm = np.empty(nb, F32)
     qf = q.reshape(n_tok * n_in)
-    ng = n_in // 4
-    sums = np.empty(n_tok * ng if path == VEC_DOT else 0, np.int32)
-    w16 = np.empty(n_in, np.int16)
-    sce = np.empty(n_in, np.int16)
+    signed = qt == Q3_K                     # codes -4..3: not bytes the u8 x s8 madd takes
+    ntp = (n_tok + 7) // 8 * 8               # tiled/repack: 8 tokens per vector (kq_rows)
+    ng = n_in // 4 if path == VEC_DOT else n_in // 64
+    # per token: sums of 4 (vec_dot lanes, [t][g]) or sums of 64 (tiled/repack, [g][t], token-minor)
+    sums = np.zeros(n_tok * ng if path == VEC_DOT else ng * ntp, np.int32)
+    w16 = np.empty(n_in if signed else 0, np.int16)
+    sce = np.empty(n_in if signed else n_in // 2, np.int16)
     sce64 = sce.view(np.uint64)
     acc = np.empty(8, F32)
     accm = np.empty(8, F32)
-    rb = np.empty(w_raw.shape[1], np.int32)
+    # rows start on 8-byte boundaries when the data does (GGUF aligns tensors to 32) and a
+    # block is a whole number of words (Q4_K 144, Q5_K 176 bytes)
+    direct = (qt == Q4_K or qt == Q5_K) and w_raw.ctypes.data % 8 == 0 and w_raw.strides[0] % 8 == 0
     st = np.empty(nb * 216, np.uint8)       # blocks at a whole-word stride (<= 216 bytes)
     st64 = st.view(np.uint64)
     w64 = w.view(np.uint64)
     n_gemm = n_tok - n_tok % 4
+    coef = np.zeros(nb * 16, np.int32)
+    mnf = mn.reshape(nb * 16)
+    bt = _min_terms(qt, bs, ntp) if path != VEC_DOT else np.zeros(0, np.int32).reshape(0, 0, 0)
+    btf = bt.reshape(bt.size)
+    ydT = np.zeros((nb, ntp), F32)
+    for t in range(n_tok):
+        for b in range(nb):
+            ydT[b, t] = yd[t, b]
+    ydf = ydT.reshape(nb * ntp)
+    y = np.empty(ntp, F32)
+    lanes = 4 if signed else 2              # words per 16-element sub-block: per element / per pair
     for r in range(n_out):
         wr = w_raw[r]
-        for i in range(rb.shape[0]):
-            rb[i] = wr[i]
-        unpack_scales(rb, qt, nb, sc, mn, xd, xdm)
-        stage_row(wr, qt, nb, st)
-        unpack_codes(st64, qt, nb, w64)
-        for j in range(nb * 16):            # each sub-block's scale in 16 int16 lanes (4 words)
+        unpack_scales(wr, qt, nb, sc, mn, xd, xdm)
+        if direct:                          # Q4_K/Q5_K blocks are whole words: read them in place
+            unpack_codes(wr.view(np.uint64), qt, nb, w64)
+        else:
+            stage_row(wr, qt, nb, st)
+            unpack_codes(st64, qt, nb, w64)
+        for j in range(nb * 16):            # each sub-block's scale in int16 lanes
             v = np.uint64(scf[j] & 0xFFFF) * _REP4
-            for u in range(4):
-                sce64[4 * j + u] = v
-        for e in range(n_in):               # scale * code: a block's sums are plain dots
-            w16[e] = sce[e] * w[e]
-        if path == VEC_DOT:                 # sums of 4 (the AVX2 lanes), 4 tokens per pass over w16
-            t = 0
-            while t < n_tok:
-                if t + 4 <= n_tok:
-                    kq_sums_4_4(w16, qf, t * n_in, n_in, n_in, sums, t * ng, ng)
-                    t += 4
-                else:
-                    kq_sums_4_1(w16, qf, t * n_in, n_in, n_in, sums, t * ng, ng)
-                    t += 1
-        for t in range(n_tok):
+            for u in range(lanes):
+                sce64[lanes * j + u] = v
+        if signed:
+            for e in range(n_in):           # scale * code: a block's sums are plain dots
+                w16[e] = sce[e] * w[e]
+        t = 0                               # the integer sums, 4 tokens per pass over the row
+        while t < n_tok:
+            four = t + 4 <= n_tok
             if path == VEC_DOT:
-                out[t, r] = _vec_dot(qt, sc, mn, xd, xdm, yd[t], bs[t], nb, sums[t * ng:(t + 1) * ng], acc, accm)
-            elif path == TILED:
-                out[t, r] = _tiled(qt, w16, sc, mn, xd, xdm, q[t], yd[t], bs[t], nb)
+                if signed:
+                    if four:
+                        kq_sums_4_4(w16, qf, t * n_in, n_in, n_in, sums, t * ng, ng)
+                    else:
+                        kq_sums_4_1(w16, qf, t * n_in, n_in, n_in, sums, t * ng, ng)
+                elif four:
+                    kq_madd_4_4(codes, sce, qf, t * n_in, n_in, n_in, sums, t * ng, ng, 8)
+                else:
+                    kq_madd_4_1(codes, sce, qf, t * n_in, n_in, n_in, sums, t * ng, ng, 8)
+            elif signed:
+                for u in range(4 if four else 1):
+                    for g in range(ng):
+                        sums[g * ntp + t + u] = _dot(w16, q[t + u], 64 * g, 64)
+            elif four:
+                kq_madd_64_4(codes, sce, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
             else:
-                out[t, r] = _repack(w16, mn, xd, xdm, q[t], yd[t], bs[t], nb, t < n_gemm)
+                kq_madd_64_1(codes, sce, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
+            t += 4 if four else 1
+        if path == VEC_DOT:
+            for t in range(n_tok):
+                out[t, r] = _vec_dot(qt, sc, mn, xd, xdm, yd[t], bs[t], nb, sums[t * ng:(t + 1) * ng], acc, accm)
+            continue
+        for j in range(nb * 16):
+            coef[j] = 32 * scf[j] if qt == Q6_K else mnf[j]
+        if path == REPACK:
+            kq_repack_row(sums, coef, btf, xd, xdm, ydf, nb, ntp, n_gemm, y)
+        elif qt == Q6_K:
+            kq_tiled_row_q6(sums, coef, btf, xd, xdm, ydf, nb, ntp, y)
+        elif qt == Q3_K:
+            kq_tiled_row_q3(sums, coef, btf, xd, xdm, ydf, nb, ntp, y)
+        elif qt == Q2_K:
+            kq_tiled_row_min16(sums, coef, btf, xd, xdm, ydf, nb, ntp, y)
+        else:
+            kq_tiled_row_min8(sums, coef, btf, xd, xdm, ydf, nb, ntp, y)
+        for t in range(n_tok):
+            out[t, r] = y[t]

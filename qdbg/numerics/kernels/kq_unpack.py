@@ -35,22 +35,23 @@ BLOCK_BYTES = {Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210}
 
 @jit(inline="always")
 def _f16(row, o):
-    return f16_bits_to_f32(np.uint16(row[o] | (row[o + 1] << 8)))
+    return f16_bits_to_f32(np.uint16(np.int32(row[o]) | (np.int32(row[o + 1]) << 8)))
 
 
 @jit(inline="always")
 def _scale_min_k4(x, o, j):
     """get_scale_min_k4 on the 12 scale bytes x[o:o+12] (Q4_K/Q5_K): sub-block j -> (scale, min)."""
     if j < 4:
-        return np.int32(x[o + j] & 63), np.int32(x[o + j + 4] & 63)
-    sc = (x[o + j + 4] & 0xF) | ((x[o + j - 4] >> 6) << 4)
-    mn = (x[o + j + 4] >> 4) | ((x[o + j] >> 6) << 4)
+        return np.int32(x[o + j]) & 63, np.int32(x[o + j + 4]) & 63
+    sc = (np.int32(x[o + j + 4]) & 0xF) | ((np.int32(x[o + j - 4]) >> 6) << 4)
+    mn = (np.int32(x[o + j + 4]) >> 4) | ((np.int32(x[o + j]) >> 6) << 4)
     return np.int32(sc), np.int32(mn)
 
 
 @jit
 def unpack_scales(x, qt, nb, sc, mn, d, dm):
-    """Scales, mins, d, dmin of one GGUF row (its bytes widened to int32 [nb*block_bytes])."""
+    """Scales, mins, d, dmin of one GGUF row (its bytes, uint8 or widened, [nb*block_bytes]). Only the
+    mins a type has are written (Q4_K/Q5_K: mn[:, :8]; none for Q3_K, Q6_K): the caller zeroes mn once."""
     bb = 84 if qt == Q2_K else 110 if qt == Q3_K else 144 if qt == Q4_K else 176 if qt == Q5_K else 210
     for b in range(nb):
         xb = b * bb
@@ -58,16 +59,15 @@ def unpack_scales(x, qt, nb, sc, mn, d, dm):
             d[b] = _f16(x, xb + 80)
             dm[b] = _f16(x, xb + 82)
             for s in range(16):
-                sc[b, s] = x[xb + s] & 0xF
-                mn[b, s] = x[xb + s] >> 4
+                sc[b, s] = np.int32(x[xb + s]) & 0xF
+                mn[b, s] = np.int32(x[xb + s]) >> 4
         elif qt == Q3_K:
             d[b] = _f16(x, xb + 108)
             dm[b] = np.float32(0.0)
             for s in range(16):             # 6-bit scales: low 4 from bytes 0..7, high 2 from 8..11
-                lo = (x[xb + 96 + s] & 0xF) if s < 8 else (x[xb + 96 + s - 8] >> 4)
-                hi = (x[xb + 96 + 8 + s % 4] >> (2 * (s // 4))) & 3
+                lo = (np.int32(x[xb + 96 + s]) & 0xF) if s < 8 else (np.int32(x[xb + 96 + s - 8]) >> 4)
+                hi = (np.int32(x[xb + 96 + 8 + s % 4]) >> (2 * (s // 4))) & 3
                 sc[b, s] = (lo | (hi << 4)) - 32
-                mn[b, s] = 0
         elif qt == Q4_K or qt == Q5_K:
             d[b] = _f16(x, xb + 0)
             dm[b] = _f16(x, xb + 2)
@@ -76,14 +76,11 @@ def unpack_scales(x, qt, nb, sc, mn, d, dm):
                 sc[b, 2 * j] = s
                 sc[b, 2 * j + 1] = s
                 mn[b, j] = m
-                mn[b, 8 + j] = 0
         else:
             d[b] = _f16(x, xb + 208)
             dm[b] = np.float32(0.0)
             for s in range(16):
-                v = x[xb + 192 + s]
-                sc[b, s] = v - 256 if v >= 128 else v
-                mn[b, s] = 0
+                sc[b, s] = np.int32(np.int8(x[xb + 192 + s]))
 
 
 # per-byte masks for SWAR on 8 codes at once (little-endian: byte i of a word = element i)

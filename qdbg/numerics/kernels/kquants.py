@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType as QT
 from qdbg.errors import QdbgError
 from qdbg.numerics.kernels import kq_unpack as U
 from qdbg.numerics.kernels.kq_matmul import REPACK, TILED, VEC_DOT, kq_matmul
-from qdbg.quant.activations import quantize_q8_K
+from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
 
 _CODE = {QT.Q2_K: U.Q2_K, QT.Q3_K: U.Q3_K, QT.Q4_K: U.Q4_K, QT.Q5_K: U.Q5_K, QT.Q6_K: U.Q6_K}
 TILED_MIN_BATCH = 8  # ggml_tiled_min_batch: rows >= 8
@@ -63,7 +63,7 @@ def mul_mat_kquant(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray,
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     if out.size == 0:
         return out
-    q, d, bsums = quantize_q8_K(x)
+    q, d, bsums = quantize_q8_K_fast(x)
     path = {"repack": REPACK, "tiled": TILED, "vec_dot": VEC_DOT}[kquant_path(qtype, x.shape[0], repacked)]
     kq_matmul(w, np.int64(code), np.int64(path), np.ascontiguousarray(q),
               np.ascontiguousarray(d), np.ascontiguousarray(bsums), out)
