@@ -25,7 +25,7 @@ EXIT_USAGE = 2
 DEFAULT_TRACE_BUDGET = "64M"
 
 
-def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
+def _session_from_args(args: argparse.Namespace, paths: dict[str, str], keep_values: bool = True):
     from qdbg.model import Model
     from qdbg.session import Session
 
@@ -38,7 +38,7 @@ def _session_from_args(args: argparse.Namespace, paths: dict[str, str]):
     s = Session(models, ids, mode=args.mode, pieces=pieces, settings=settings_from_args(args),
                 scope=getattr(args, "scope", "last"), patches=getattr(args, "patches", None) or (),
                 resyncs=getattr(args, "resyncs", None) or (), noise=bool(getattr(args, "noise", False)),
-                attribution=getattr(args, "attribution", True))
+                attribution=getattr(args, "attribution", True), keep_values=keep_values)
     s.prompt_text = getattr(args, "prompt", None)
     _add_breaks(s, args)
     return s, {lab: m.path.name for lab, m in models.items()}
@@ -88,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     paths = {"A": args.a, "B": args.b}
     if args.ref:
         paths["R"] = args.ref
-    s, names = _session_from_args(args, paths)
+    # values are read after the run only to save a trace: without one, let each op's go once measured
+    s, names = _session_from_args(args, paths, keep_values=bool(args.trace))
     forced = None
     if args.driver == "text":
         forced = s.models["A"].tokenizer.encode(args.text, add_bos=False)

@@ -81,11 +81,15 @@ class Debugger:
     """Cursor, history, verbs, breakpoints and scope over one OpSource."""
 
     def __init__(self, source: OpSource, *, scope: Any = "last", top_k: int = 10,
-                 breakpoints: BreakpointList | None = None, history_bytes: int | None = None) -> None:
+                 breakpoints: BreakpointList | None = None, history_bytes: int | None = None,
+                 keep_values: bool = True) -> None:
         self.source = source
         self.store = HistoryStore(history_bytes)
         """The history's arrays under a byte budget ($QDBG_HISTORY_BYTES; qdbg.history): past it
         the oldest are spilled to a private file and read back on access."""
+        self.keep_values = keep_values
+        """False: each op's values are let go once measured (records keep their metrics; reading
+        a value is an error). For a run to the end that saves no trace: memory stays flat."""
         self.top_k = top_k
         self.breakpoints = breakpoints if breakpoints is not None else BreakpointList()
         self._scope = Scope.parse(scope)
@@ -345,7 +349,10 @@ class Debugger:
             return None
         self.history.append(rec)
         self._measure(rec)
-        self.store.adopt(rec)   # measured in memory; past the budget the oldest values go to disk
+        if self.keep_values:
+            self.store.adopt(rec)   # measured in memory; past the budget the oldest values go to disk
+        else:
+            self.store.drop(rec)
         return rec
 
     def step(self) -> Stop:

@@ -31,7 +31,7 @@ import numpy as np
 
 from qdbg.errors import UsageError
 
-__all__ = ["DEFAULT_BYTES", "Arrays", "HistoryStore", "budget_from_env"]
+__all__ = ["DEFAULT_BYTES", "Arrays", "Dropped", "HistoryStore", "budget_from_env"]
 
 GiB = 1 << 30
 
@@ -210,6 +210,34 @@ class Arrays(MutableMapping[str, np.ndarray]):
         return arr.nbytes
 
 
+class Dropped(Mapping[str, np.ndarray]):
+    """A record's arrays after a session that does not keep them (HistoryStore.drop): the labels
+    stay, reading one is a QdbgError naming why."""
+
+    def __init__(self, keys: Iterator[str] | list[str]) -> None:
+        self._keys = list(keys)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._keys:
+            raise KeyError(key)
+        from qdbg.errors import QdbgError
+
+        raise QdbgError(f"the values of '{key}' were not kept: this session keeps only each op's "
+                        "measurements (qdbg run keeps values with --trace)")
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._keys))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return "Dropped(" + ", ".join(self._keys) + ")"
+
+
 # ---- the store ----------------------------------------------------------------------------------
 
 class HistoryStore:
@@ -241,6 +269,18 @@ class HistoryStore:
             if cur is not None and not (isinstance(cur, Arrays) and cur._store is self):
                 setattr(rec, attr, Arrays(self, cur))
         self.trim()
+
+    def drop(self, rec: Any) -> None:
+        """Let go of `rec.values` and `rec.aux` (measured already): a session that will not read
+        them again (`qdbg run` without --trace) holds no op values at all, so its memory does not
+        grow with the model's depth or the prompt's length."""
+        for attr in ("values", "aux"):
+            cur = getattr(rec, attr, None)
+            if cur is not None and not isinstance(cur, Dropped):
+                if isinstance(cur, Arrays):
+                    for k in list(cur._mem):
+                        self._dropped(cur, k)
+                setattr(rec, attr, Dropped(list(cur)))
 
     def trim(self) -> None:
         """Spill the oldest arrays held until the rest fit in the budget."""

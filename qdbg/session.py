@@ -77,13 +77,14 @@ class Session(Debugger):
         resyncs: Sequence[Resync | str] = (),
         attribution: bool = True,
         noise: bool = False,
+        keep_values: bool = True,
     ) -> None:
         scope = parse_scope(scope)
         src = LiveSource(models, tokens, mode=mode, settings=settings, pieces=pieces,
                          patches=[p if isinstance(p, Patch) else Patch.parse(p) for p in patches],
                          resyncs=[r if isinstance(r, Resync) else Resync(str(r)) for r in resyncs],
                          attribution=attribution, noise=noise)
-        super().__init__(src, scope=scope, top_k=top_k)
+        super().__init__(src, scope=scope, top_k=top_k, keep_values=keep_values)
 
     @property
     def engines(self) -> dict[str, Any]:

@@ -241,3 +241,46 @@ def test_attribution_runs_alongside_the_sides_with_identical_bits(models, full, 
     weighted = [r.name for r in conc.history if r.weight and r.kind != "embed"]
     assert jobs == weighted
     _same_history(full.history, conc.history)
+
+
+def test_a_session_that_keeps_no_values_measures_the_same_and_holds_nothing(models, full):
+    """keep_values=False (qdbg run without --trace): every op is measured as before, then its
+    values are let go, so nothing is held in memory or spilled; reading one says why."""
+    from qdbg.errors import QdbgError
+    from qdbg.history import Dropped
+
+    d = Debugger(LiveSource(models, TOKENS), history_bytes=1 << 40, keep_values=False)
+    d.run_to_end()
+    d.decode(1)
+    d.run_to_end()
+    assert len(d.history) == len(full.history)
+    for r1, r2 in zip(full.history, d.history):
+        assert r1.name == r2.name and r1.metrics_json() == r2.metrics_json()
+        assert isinstance(r2.values, Dropped) and list(r2.values) == list(r1.values)
+        assert list(r2.aux) == list(r1.aux)
+    assert d.store.resident == 0 and d.store.spilled_bytes == 0 and d.store.folder is None
+    with pytest.raises(QdbgError, match="not kept"):
+        d.history[3].values["A"]
+    with pytest.raises(KeyError):
+        d.history[3].values["Z"]
+
+
+def test_run_without_trace_keeps_no_values_and_with_trace_does(synth_model, tmp_path, monkeypatch):
+    import qdbg.cli as cli
+    import qdbg.cli_run as cli_run
+
+    seen = {}
+    real = cli_run.print_results
+
+    def spy(s, *a, **kw):
+        seen["kept"] = s.keep_values
+        seen["resident"] = s.store.resident
+        return real(s, *a, **kw)
+
+    monkeypatch.setattr(cli_run, "print_results", spy)
+    a, b = synth_model("llama", "Q4_K_M"), synth_model("llama", "Q5_K_M")
+    assert cli.main(["run", str(a), str(b), "--tokens", "1,40,41"]) == 0
+    assert seen == {"kept": False, "resident": 0}
+    assert cli.main(["run", str(a), str(b), "--tokens", "1,40,41", "--trace", str(tmp_path / "t.qdbg")]) == 0
+    assert seen["kept"] is True and seen["resident"] > 0
+    assert load_trace(tmp_path / "t.qdbg").records
