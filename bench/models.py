@@ -30,6 +30,15 @@ PAIRS: dict[str, SynthSpec] = {
 FTYPES = ("Q4_K_M", "Q5_K_M")
 
 
+def precompile() -> None:
+    """Byte-compile qdbg's sources (as `pip install` does), so that a measured `qdbg` process loads
+    .pyc files instead of compiling every module, also where PYTHONDONTWRITEBYTECODE is set (it
+    stops writing .pyc files, not reading them)."""
+    import compileall
+
+    compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "qdbg"), quiet=1)
+
+
 def cache_dir() -> Path:
     """Where benchmark models are kept ($QDBG_BENCH_CACHE or ~/.cache/qdbg/bench)."""
     env = os.environ.get("QDBG_BENCH_CACHE")

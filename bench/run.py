@@ -183,6 +183,7 @@ def main() -> None:
              "the same 14 tokens (bench/llama_ref.py). Both are whole processes, start to exit, compile "
              "cache warm, best of the repeats, measured alternately in the same run.", "",
              "| figure | qdbg | llama.cpp | ratio | goal | |", "|---|---|---|---|---|---|"]
+    bench_models.precompile()
     pairs = {n: bench_models.build_pair(n, log=say) for n in names}
     for n, (a, b) in pairs.items():
         say(f"{n}: qdbg run vs llama.cpp")

@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--esc-tokens", type=int, default=128)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    bench_models.precompile()
     cols, rows = (int(v) for v in args.size.lower().split("x"))
     a, b = bench_models.build_pair(args.pair, log=lambda m: print(m, file=sys.stderr))
     r = measure(a, b, cols, rows, args.steps, args.read, args.esc_tokens)
