@@ -171,14 +171,14 @@ def test_portable_madd_gives_the_avx2_integers() -> None:
 
     def runner(fn, g, nt):
         @numba.njit(cache=False)
-        def run(codes, sce, q, n, out):
-            fn(codes, sce, q, 0, n, n, out, 0, out.shape[1], 8 if g == 4 else 1)
+        def run(codes, sc, q, n, out):
+            fn(codes, sc, q, 0, n, n, out, 0, out.shape[1], 8 if g == 4 else 1)
         return run
 
     rng = np.random.default_rng(3)
     n = 512
     codes = rng.integers(0, 64, n).astype(np.uint8)
-    sce = np.repeat(rng.integers(-128, 128, n // 16).astype(np.int16), 8)
+    sc = rng.integers(-128, 128, n // 16).astype(np.int32)   # one scale per 16 elements
     q = rng.integers(-128, 128, 4 * n).astype(np.int8)
     q[:64] = -128                                       # the largest pair sums |63*-128*2|
     codes[:64] = 63
@@ -188,8 +188,8 @@ def test_portable_madd_gives_the_avx2_integers() -> None:
             outs = []
             for nat in (True, False):
                 out = np.zeros((nt, width), np.int32)
-                runner(fns[(g, nt, nat)], g, nt)(codes, sce, q, n, out)
+                runner(fns[(g, nt, nat)], g, nt)(codes, sc, q, n, out)
                 outs.append(out)
-            w16 = sce.repeat(2).astype(np.int64) * codes
+            w16 = sc.repeat(16).astype(np.int64) * codes
             want = (w16 * q[:nt * n].reshape(nt, n)).reshape(nt, width, -1).sum(axis=-1)
             assert np.array_equal(outs[0], want) and np.array_equal(outs[1], want), (g, nt)

@@ -34,8 +34,8 @@ from qdbg.numerics.kernels.kq_unpack import (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, stage
                                               unpack_scales)
 from qdbg.numerics.kernels.kq_rows import (kq_repack_row, kq_tiled_row_min8, kq_tiled_row_min16,
                                            kq_tiled_row_q3, kq_tiled_row_q6)
-from qdbg.numerics.kernels.kq_simd import (kq_madd_4_1, kq_madd_4_4, kq_madd_64_1, kq_madd_64_4, kq_sums_4_1,
-                                           kq_sums_4_4)
+from qdbg.numerics.kernels.kq_simd import (kq_madd_4_1, kq_madd_4_4, kq_madd_64_1, kq_madd_64_2, kq_madd_64_4,
+                                           kq_madd_64_8, kq_sums_4_1, kq_sums_4_4)
 from qdbg.numerics.kernels.nb import fma32, hsum8, jit
 
 VEC_DOT, TILED, REPACK = 0, 1, 2
@@ -140,7 +140,7 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
     # per token: sums of 4 (vec_dot lanes, [t][g]) or sums of 64 (tiled/repack, [g][t], token-minor)
     sums = np.zeros(n_tok * ng if path == VEC_DOT else ng * ntp, np.int32)
     w16 = np.empty(n_in if signed else 0, np.int16)
-    sce = np.empty(n_in if signed else n_in // 2, np.int16)
+    sce = np.empty(n_in if signed else 0, np.int16)
     sce64 = sce.view(np.uint64)
     acc = np.empty(8, F32)
     accm = np.empty(8, F32)
@@ -161,7 +161,6 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
             ydT[b, t] = yd[t, b]
     ydf = ydT.reshape(nb * ntp)
     y = np.empty(ntp, F32)
-    lanes = 4 if signed else 2              # words per 16-element sub-block: per element / per pair
     for r in range(n_out):
         wr = w_raw[r]
         unpack_scales(wr, qt, nb, sc, mn, xd, xdm)
@@ -170,11 +169,11 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
         else:
             stage_row(wr, qt, nb, st)
             unpack_codes(st64, qt, nb, w64)
-        for j in range(nb * 16):            # each sub-block's scale in int16 lanes
-            v = np.uint64(scf[j] & 0xFFFF) * _REP4
-            for u in range(lanes):
-                sce64[lanes * j + u] = v
         if signed:
+            for j in range(nb * 16):        # each sub-block's scale in 16 int16 lanes (4 words)
+                v = np.uint64(scf[j] & 0xFFFF) * _REP4
+                for u in range(4):
+                    sce64[4 * j + u] = v
             for e in range(n_in):           # scale * code: a block's sums are plain dots
                 w16[e] = sce[e] * w[e]
         t = 0                               # the integer sums, 4 tokens per pass over the row
@@ -187,17 +186,25 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
                     else:
                         kq_sums_4_1(w16, qf, t * n_in, n_in, n_in, sums, t * ng, ng)
                 elif four:
-                    kq_madd_4_4(codes, sce, qf, t * n_in, n_in, n_in, sums, t * ng, ng, 8)
+                    kq_madd_4_4(codes, scf, qf, t * n_in, n_in, n_in, sums, t * ng, ng, 8)
                 else:
-                    kq_madd_4_1(codes, sce, qf, t * n_in, n_in, n_in, sums, t * ng, ng, 8)
+                    kq_madd_4_1(codes, scf, qf, t * n_in, n_in, n_in, sums, t * ng, ng, 8)
             elif signed:
                 for u in range(4 if four else 1):
                     for g in range(ng):
                         sums[g * ntp + t + u] = _dot(w16, q[t + u], 64 * g, 64)
-            elif four:
-                kq_madd_64_4(codes, sce, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
-            else:
-                kq_madd_64_1(codes, sce, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
+            else:                           # 8, 4, 2 or 1 tokens per pass over the row
+                k = 8 if t + 8 <= n_tok else 4 if four else 2 if t + 2 <= n_tok else 1
+                if k == 8:
+                    kq_madd_64_8(codes, scf, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
+                elif k == 4:
+                    kq_madd_64_4(codes, scf, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
+                elif k == 2:
+                    kq_madd_64_2(codes, scf, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
+                else:
+                    kq_madd_64_1(codes, scf, qf, t * n_in, n_in, n_in, sums, t, 1, ntp)
+                t += k
+                continue
             t += 4 if four else 1
         if path == VEC_DOT:
             for t in range(n_tok):

@@ -110,8 +110,9 @@ def _make_madd(G: int, NT: int, native: bool | None = None):
     (vpmaddubsw: |pair| <= 2*63*128 < 2^15, so it never saturates) times the pair's sub-block
     scale, adjacent pairs added (vpmaddwd) -> 8 int32 sums of 4 elements.
 
-    kq_madd_G_NT(codes, sce, q, q_off, q_stride, n, out, out_off, out_stride, g_stride): codes
-    uint8 [n] (0..63: Q2_K, Q4_K, Q5_K, Q6_K), sce int16 [n/2] (the scale of each element pair);
+    kq_madd_G_NT(codes, sc, q, q_off, q_stride, n, out, out_off, out_stride, g_stride): codes
+    uint8 [n] (0..63: Q2_K, Q4_K, Q5_K, Q6_K), sc int32 [n/16] (each 16 elements' scale, |sc| < 2^15;
+    the vector of pair scales is made in registers from two of them per 32 elements);
     for token j < NT, G = 64: out[out_off + j*out_stride + g*g_stride] = sum(sc * code * q) over
     elements 64g .. 64g+63 of q[q_off + j*q_stride:]; G = 4: the 8 lanes of each 32 elements
     (sums of 4) stored as they are at out[out_off + j*out_stride + g*g_stride], g_stride >= 8.
@@ -120,8 +121,8 @@ def _make_madd(G: int, NT: int, native: bool | None = None):
     use_native = native_avx2() if native is None else native
 
     @intrinsic
-    def kq_madd(typingctx, codes, sce, q, q_off, q_stride, n, out, out_off, out_stride, g_stride):
-        sig = types.void(codes, sce, q, q_off, q_stride, n, out, out_off, out_stride, g_stride)
+    def kq_madd(typingctx, codes, sc, q, q_off, q_stride, n, out, out_off, out_stride, g_stride):
+        sig = types.void(codes, sc, q, q_off, q_stride, n, out, out_off, out_stride, g_stride)
 
         def codegen(context, builder, signature, args):
             i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -165,9 +166,13 @@ def _make_madd(G: int, NT: int, native: bool | None = None):
             def load(p, off, ty, align):
                 return builder.load(builder.bitcast(builder.gep(p, [off]), ty.as_pointer()), align=align)
 
+            v2d, v2w = ir.VectorType(i32, 2), ir.VectorType(i16, 2)
+            spread = ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8)
+
             def step(e):
                 vc = load(pc, e, v32b, 1)
-                vs = load(ps, builder.sdiv(e, c64(2)), v16w, 2)
+                two = builder.trunc(load(ps, builder.sdiv(e, c64(16)), v2d, 4), v2w)   # 2 sub-blocks
+                vs = builder.shuffle_vector(two, two, spread)
                 return [madd(vc, load(pq, builder.add(q0[j], e), v32b, 1), vs) for j in range(NT)]
 
             n_groups = builder.sdiv(n, c64(max(G, 32)))
@@ -194,4 +199,5 @@ def _make_madd(G: int, NT: int, native: bool | None = None):
 
 
 kq_madd_4_4, kq_madd_4_1 = _make_madd(4, 4), _make_madd(4, 1)        # vec_dot lanes
-kq_madd_64_4, kq_madd_64_1 = _make_madd(64, 4), _make_madd(64, 1)    # repack gemm/gemv, tiled
+kq_madd_64_8, kq_madd_64_4 = _make_madd(64, 8), _make_madd(64, 4)    # repack gemm/gemv, tiled
+kq_madd_64_2, kq_madd_64_1 = _make_madd(64, 2), _make_madd(64, 1)
