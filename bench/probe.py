@@ -5,8 +5,9 @@
 
 `steps`: seconds from process start (as the parent's clock gives it, `t0` argument) to the first
 op computed, then the latency of every `Session.step()` to the end of the prompt (what the TUI waits
-for on `s` without prefetch). `lockstep`: a whole forward pass of both engines advanced by
-qdbg.engine.lockstep.advance_all with 1 and with 2 threads (best of `--repeat`).
+for on `s` without prefetch). `lockstep`: a whole forward pass of both engines, one op of each in
+turn in this thread, then each side in its own qdbg.engine.lockstep.Runner as sessions run them
+(best of `--repeat`).
 """
 
 from __future__ import annotations
@@ -44,20 +45,20 @@ def lockstep(a: argparse.Namespace) -> dict:
     toks = [int(t) for t in a.tokens.split(",")]
     models = [Model(p) for p in a.models]
 
-    def one_pass() -> float:
+    def one_pass(concurrent: bool) -> float:
         gens = {lab: Engine(m).forward(toks) for lab, m in zip("AB", models)}
         t = time.perf_counter()
-        while ls.advance_all(gens)["A"] is not None:
-            pass
+        if concurrent:
+            runners = [ls.Runner(g, lab) for lab, g in gens.items()]
+            while all([r.get() is not None for r in runners]):
+                pass
+        else:
+            while all([next(g, None) is not None for g in gens.values()]):
+                pass
         return time.perf_counter() - t
 
-    ls.set_threads(1)
-    one_pass()  # warm: kernels loaded, file pages read
-    out = {}
-    for n in (1, 2):
-        ls.set_threads(n)
-        out[f"threads_{n}_s"] = min(one_pass() for _ in range(a.repeat))
-    return out
+    one_pass(False)  # warm: kernels loaded, file pages read
+    return {f"threads_{n}_s": min(one_pass(n == 2) for _ in range(a.repeat)) for n in (1, 2)}
 
 
 def engine(a: argparse.Namespace) -> dict:

@@ -234,7 +234,7 @@ def main() -> None:
         say(f"{n}: lockstep concurrency")
         ls = probe("lockstep", a, b, TOKENS)
         lines.append(f"| {n}: one 14-token pass of A and B, sides sequential → concurrent "
-                     f"(`lockstep.advance_all`) | {ls['threads_1_s']:.2f} s → {ls['threads_2_s']:.2f} s "
+                     f"(`lockstep.Runner`) | {ls['threads_1_s']:.2f} s → {ls['threads_2_s']:.2f} s "
                      f"({ls['threads_1_s'] / ls['threads_2_s']:.2f}x) | A/B concurrent on two cores | "
                      f"{ok(ls['threads_2_s'] < ls['threads_1_s'])} |")
     if "smollm2" in pairs:

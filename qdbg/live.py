@@ -23,12 +23,13 @@ Two measurements ride along (`Record.aux`, measured by the debugger under its sc
   second shadow with another micro-batch split (qdbg.noise.SplitShadow) gives each position's
   logits once more. The spread of A's top-2 margin over the shadows is the noise floor.
 
-The sides compute each op at the same time on separate cores (qdbg.engine.lockstep.advance_all;
-bit-equal to one after the other) when a pass is big enough to gain: n_embd^2 * tokens of the pass
->= CONCURRENT_WORK (TinyLlama's 2048 width from 4 tokens on, SmolLM2's 576 from 51; a hand-off
-costs more than a small op takes). They go one after the other when a resync is set (A reads B's
-output, so B goes first) or a weight patch is (A then reads B's weights), or with
-`concurrent=False` / $QDBG_LOCKSTEP_THREADS=1.
+The sides compute at the same time on separate cores when a pass is big enough to gain (n_embd^2
+* tokens of the pass >= CONCURRENT_WORK: TinyLlama's 2048 width from 4 tokens on, SmolLM2's 576
+from 51): each side runs its pass free in a thread of its own (qdbg.engine.lockstep.Runner, a
+bounded number of ops ahead), attribution's f_A(x_B) in a third as soon as B's inputs to an op
+exist, and next_op takes one result from each in turn; bit-equal to one after the other. They go
+one after the other when a resync is set (A reads B's output, so B goes first) or a weight patch
+is (A then reads B's weights), or with `concurrent=False` / $QDBG_LOCKSTEP_THREADS=1.
 """
 
 from __future__ import annotations
@@ -85,6 +86,59 @@ class Resync:
 
     def label(self) -> str:
         return f"resync {self.glob}: A<-B"
+
+
+def _weighted(op: Any) -> bool:
+    """Whether attribution evaluates `op` again (A's op on B's inputs): ops with a weight but the
+    embedding lookup (its local error is the rows themselves; see LiveSource._cross)."""
+    return op.weight is not None and op.fn != "get_rows"
+
+
+class _CrossRunner:
+    """f_A(x_B) of every weighted op of a pass, in its own thread, in op order, as soon as B's
+    values it reads exist: B's runner hands each value over (`publish`), this thread computes A's
+    op on them and queues (name, value); a value is let go after its last reader."""
+
+    def __init__(self, ops: Sequence[Any], free_after: dict[str, Sequence[str]], engine_a: Engine,
+                 engine_b: Engine, positions: tuple[int, ...]) -> None:
+        import threading
+
+        self._vals: dict[str, np.ndarray] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        args = (list(ops), free_after, engine_a, engine_b, positions)
+        self._out = lockstep.Runner(self._walk(*args), "cross")
+
+    def publish(self, r: OpResult) -> None:
+        with self._cond:
+            self._vals[r.name] = r.value
+            self._cond.notify_all()
+
+    def _inputs(self, names: Sequence[str]) -> list[np.ndarray] | None:
+        with self._cond:
+            while not self._closed and any(n not in self._vals for n in names):
+                self._cond.wait(0.05)
+            return None if self._closed else [self._vals[n] for n in names]
+
+    def _walk(self, ops, free_after, engine_a, engine_b, positions) -> Iterator[tuple[str, np.ndarray]]:
+        for op in ops:
+            if _weighted(op):
+                ins = self._inputs(op.inputs)
+                if ins is None:
+                    return
+                yield op.name, engine_a.compute(op, ins, positions, kv=engine_b)
+            with self._cond:
+                for n in free_after.get(op.name, ()):
+                    self._vals.pop(n, None)
+
+    def get(self) -> tuple[str, np.ndarray] | None:
+        return self._out.get()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._out.close()
 
 
 class LiveSource:
@@ -225,7 +279,7 @@ class LiveSource:
     # -- computing ops ------------------------------------------------------------------------
     def _concurrency(self, n_tok: int) -> bool:
         """Whether this pass's sides run concurrently (see the module docstring)."""
-        if self.resyncs or self.patches:
+        if self.resyncs or self.patches or lockstep.threads() <= 1:
             return False
         if self.concurrent is not None:
             return self.concurrent
@@ -238,7 +292,16 @@ class LiveSource:
         self._pass_pos = tuple(range(n_past, n_past + len(tokens)))
         self._op_i = 0  # index of the pass's next op in self._ops
         self._early_cross: tuple[str, np.ndarray] | None = None  # f_A(x_B) computed alongside the sides
+        self._stop_runners()
         self._gens = {lab: e.forward(tokens) for lab, e in self.engines.items()}
+        if self._concurrent_pass:   # each side free-running in its own thread, attribution in a third
+            cross = None
+            if self.attribution:
+                cross = _CrossRunner(self._ops, self._free_after, self.engines["A"], self.engines["B"],
+                                     self._pass_pos)
+            self._cross_runner = cross
+            self._runners = {lab: lockstep.Runner(g, lab, on_result=cross.publish if cross and lab == "B" else None)
+                             for lab, g in self._gens.items()}
         self._env_b: dict[str, np.ndarray] = {}  # B's values of this pass, for A's op on B's inputs
         self._shadow_gen = None if self.shadow is None else self.shadow.forward(tokens)
         self._shadow_vals: dict[str, np.ndarray] = {}
@@ -272,20 +335,14 @@ class LiveSource:
             return None
         return recompute(a, ins, self.engines["A"], kv=self.engines["B"])
 
-    def _cross_alongside(self, n_sides: int) -> Any:
-        """With the sides running concurrently: start A's coming op on B's inputs (f_A(x_B)) in a
-        worker too — it needs only B's earlier values of the pass, which are known before the op
-        runs. (name, Future), or None when there is nothing to overlap (no attribution, no weight:
-        weightless ops cost nothing here, see `_cross`)."""
-        if not self.attribution or self._op_i >= len(self._ops):
-            return None
-        op = self._ops[self._op_i]
-        if op.weight is None or op.fn == "get_rows" or any(n not in self._env_b for n in op.inputs):
-            return None
-        ins = [self._env_b[n] for n in op.inputs]
-        fut = lockstep.submit_alongside(n_sides, self.engines["A"].compute, op, ins, self._pass_pos,
-                                        kv=self.engines["B"])
-        return op.name, fut
+    def _stop_runners(self) -> None:
+        """Stop the threads of a pass under way (a reset, or the pass is over)."""
+        for r in (getattr(self, "_runners", None) or {}).values():
+            r.close()
+        if getattr(self, "_cross_runner", None) is not None:
+            self._cross_runner.close()
+        self._runners: dict[str, lockstep.Runner] | None = None
+        self._cross_runner: _CrossRunner | None = None
 
     def next_op(self, index: int) -> Record | None:
         while True:
@@ -300,11 +357,20 @@ class LiveSource:
             self._current = {}
             self._resynced = False
             order = ["B", "A"] + [lab for lab in self._gens if lab not in ("A", "B")]  # B first: resync reads it
-            if self._concurrent_pass:
-                cross_job = self._cross_alongside(len(order))
-                got = lockstep.advance_all({lab: self._gens[lab] for lab in order})
-                self._current = {lab: r for lab, r in got.items() if r is not None}
-                self._early_cross = None if cross_job is None else (cross_job[0], cross_job[1].result())
+            if self._runners is not None:
+                try:
+                    for lab in order:
+                        r = self._runners[lab].get()
+                        if r is None:
+                            break
+                        self._current[lab] = r
+                    op = self._ops[self._op_i] if self._op_i < len(self._ops) else None
+                    if (self._cross_runner is not None and op is not None and _weighted(op)
+                            and len(self._current) == len(self._gens)):
+                        self._early_cross = self._cross_runner.get()
+                except BaseException:
+                    self._stop_runners()   # the other threads end too (none waits on the failed side)
+                    raise
             else:
                 for lab in order:
                     r = next(self._gens[lab], None)
@@ -313,6 +379,7 @@ class LiveSource:
                     self._current[lab] = r
             if len(self._current) == len(self._gens):
                 break
+            self._stop_runners()
             self._gens = None
         results = {lab: self._current[lab] for lab in self.labels}
         names = {r.name for r in results.values()}
@@ -345,6 +412,7 @@ class LiveSource:
             if sv is not None:
                 rec.aux[AUX_SHADOW] = sv
         if a.name == "result_output":
+            self._stop_runners()
             self._gens = None
             self._last_logits = {lab: r.value for lab, r in results.items()}
             if self._shadow_gen is not None:

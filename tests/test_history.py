@@ -196,14 +196,16 @@ def test_history_budget_from_env(monkeypatch):
 
 @pytest.fixture()
 def count_concurrent(monkeypatch):
+    """The names of the free-running threads each concurrent pass starts (sides and attribution)."""
     calls = []
-    real = lockstep.advance_all
+    real = lockstep.Runner
 
-    def counting(gens, concurrent=True):
-        calls.append(list(gens))
-        return real(gens, concurrent)
+    class Counting(real):
+        def __init__(self, gen, name, *a, **kw):
+            calls.append(name)
+            super().__init__(gen, name, *a, **kw)
 
-    monkeypatch.setattr(live.lockstep, "advance_all", counting)
+    monkeypatch.setattr(live.lockstep, "Runner", Counting)
     lockstep.set_threads(2)   # two threads even where the machine shows one core
     yield calls
     lockstep.set_threads(None)
@@ -211,8 +213,8 @@ def count_concurrent(monkeypatch):
 
 def test_concurrent_and_sequential_sides_give_identical_histories(models, full, count_concurrent):
     conc = _run(models, 1 << 40, concurrent=True)
-    assert len(count_concurrent) == len(conc.history)   # every op of every pass
-    assert count_concurrent[0] == ["B", "A", "R"]
+    n_pass = sum(r.name == "result_output" for r in conc.history)
+    assert n_pass == 2 and count_concurrent == ["cross", "A", "B", "R"] * n_pass   # every pass
     seq = _run(models, 1 << 40, concurrent=False)
     _same_history(full.history, seq.history)
     _same_history(seq.history, conc.history)
@@ -227,60 +229,53 @@ def test_small_passes_run_in_order_and_resync_stays_sequential(models, count_con
 
 
 def test_attribution_runs_alongside_the_sides_with_identical_bits(models, full, count_concurrent, monkeypatch):
-    """With the sides concurrent, A's op on B's input (f_A(x_B), for attribution) is started in a
-    worker next to them for every op with a weight; the history is the same bits as sequential."""
-    jobs = []
-    real = lockstep.submit_alongside
+    """With the sides concurrent, A's op on B's input (f_A(x_B), for attribution) is computed in a
+    thread of its own next to them for every op with a weight; the history is the same bits as
+    sequential."""
+    got = []
+    real = live._CrossRunner.get
 
-    def counting(n_sides, fn, op, *args, **kw):
-        jobs.append(op.name)
-        return real(n_sides, fn, op, *args, **kw)
+    def counting(self):
+        r = real(self)
+        got.append(r[0])
+        return r
 
-    monkeypatch.setattr(live.lockstep, "submit_alongside", counting)
+    monkeypatch.setattr(live._CrossRunner, "get", counting)
     conc = _run(models, 1 << 40, concurrent=True)
     weighted = [r.name for r in conc.history if r.weight and r.kind != "embed"]
-    assert jobs == weighted
+    assert got == weighted
     _same_history(full.history, conc.history)
 
 
-def test_a_session_that_keeps_no_values_measures_the_same_and_holds_nothing(models, full):
-    """keep_values=False (qdbg run without --trace): every op is measured as before, then its
-    values are let go, so nothing is held in memory or spilled; reading one says why."""
-    from qdbg.errors import QdbgError
-    from qdbg.history import Dropped
+def test_a_failing_side_raises_in_the_consumer_and_a_reset_stops_the_threads(models, monkeypatch):
+    """An error in a free-running side reaches next_op (no hung thread); reset() stops the pass's
+    threads (a side that ran ahead included), and the restarted pass gives the same records."""
+    from qdbg.engine.forward import Engine
 
-    d = Debugger(LiveSource(models, TOKENS), history_bytes=1 << 40, keep_values=False)
-    d.run_to_end()
-    d.decode(1)
-    d.run_to_end()
-    assert len(d.history) == len(full.history)
-    for r1, r2 in zip(full.history, d.history):
-        assert r1.name == r2.name and r1.metrics_json() == r2.metrics_json()
-        assert isinstance(r2.values, Dropped) and list(r2.values) == list(r1.values)
-        assert list(r2.aux) == list(r1.aux)
-    assert d.store.resident == 0 and d.store.spilled_bytes == 0 and d.store.folder is None
-    with pytest.raises(QdbgError, match="not kept"):
-        d.history[3].values["A"]
-    with pytest.raises(KeyError):
-        d.history[3].values["Z"]
+    lockstep.set_threads(2)
+    try:
+        ref = LiveSource(models, TOKENS, concurrent=False)
+        want = [ref.next_op(i).name for i in range(8)]
+        real = Engine.forward
 
+        def failing(self, tokens, *a, **kw):
+            for i, r in enumerate(real(self, tokens, *a, **kw)):
+                if self.model is models["B"] and i == 3:
+                    raise RuntimeError("side B failed")
+                yield r
 
-def test_run_without_trace_keeps_no_values_and_with_trace_does(synth_model, tmp_path, monkeypatch):
-    import qdbg.cli as cli
-    import qdbg.cli_run as cli_run
-
-    seen = {}
-    real = cli_run.print_results
-
-    def spy(s, *a, **kw):
-        seen["kept"] = s.keep_values
-        seen["resident"] = s.store.resident
-        return real(s, *a, **kw)
-
-    monkeypatch.setattr(cli_run, "print_results", spy)
-    a, b = synth_model("llama", "Q4_K_M"), synth_model("llama", "Q5_K_M")
-    assert cli.main(["run", str(a), str(b), "--tokens", "1,40,41"]) == 0
-    assert seen == {"kept": False, "resident": 0}
-    assert cli.main(["run", str(a), str(b), "--tokens", "1,40,41", "--trace", str(tmp_path / "t.qdbg")]) == 0
-    assert seen["kept"] is True and seen["resident"] > 0
-    assert load_trace(tmp_path / "t.qdbg").records
+        monkeypatch.setattr(Engine, "forward", failing)
+        src = LiveSource(models, TOKENS, concurrent=True)
+        assert src._runners is not None
+        threads = [r._thread for r in src._runners.values()]
+        with pytest.raises(RuntimeError, match="side B failed"):
+            for i in range(8):
+                src.next_op(i)
+        monkeypatch.setattr(Engine, "forward", real)
+        src.reset()
+        for t in threads:
+            t.join(timeout=5)
+            assert not t.is_alive(), t.name
+        assert [src.next_op(i).name for i in range(8)] == want
+    finally:
+        lockstep.set_threads(None)

@@ -1,29 +1,29 @@
-"""Advance several engines' forward generators by one op each, concurrently.
+"""Run several engines' forward generators at the same time, each in a thread of its own.
 
-A session steps its sides (A, B and optionally R) in lockstep: every side computes the same op.
-The exact kernels are numba functions compiled `nogil`, so the sides' ops can run at the same time
-on separate cores; `advance_all` does that with a small pool of worker threads shared by the
-process. Results do not depend on it: each generator runs alone on its own engine and model
-(a generator is only ever resumed by one thread at a time), and no kernel's bits depend on which
-thread runs it.
+A session steps its sides (A, B and optionally R) in lockstep: every side computes the same ops.
+The exact kernels are numba functions compiled `nogil`, so the sides can compute at the same time
+on separate cores: a `Runner` runs one side's pass free in its own thread, a bounded number of ops
+ahead, and the session takes one result from each side in turn. (An earlier design handed every
+op to a worker pool and waited for all sides at each op; on a 2-core machine the per-op hand-off
+and the wait for the slower side cost a TinyLlama-shaped pass about a third of its time.)
+Results do not depend on it: each generator runs alone on its own engine and model (a generator
+is only ever resumed by its runner's thread), and no kernel's bits depend on which thread runs it.
 
 Concurrency is on when the machine has more than one core; `QDBG_LOCKSTEP_THREADS=1` (or
-`set_threads(1)`) runs the sides one after the other in the calling thread.
+`set_threads(1)`) makes sessions run the sides one after the other in the calling thread.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator, Mapping, TypeVar
+from typing import Any, Iterator, TypeVar
 
-__all__ = ["advance_all", "set_threads", "threads"]
+__all__ = ["AHEAD", "Runner", "set_threads", "threads"]
 
 T = TypeVar("T")
 
-_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
 _threads: int | None = None
 
 
@@ -42,65 +42,72 @@ def threads() -> int:
 
 def set_threads(n: int | None) -> None:
     """Cap the concurrency (1: sequential); None returns to the default."""
-    global _threads, _pool
+    global _threads
     if n is not None and n < 1:
         raise ValueError(f"lockstep threads must be >= 1, got {n}")
-    with _lock:
-        _threads = n
-        if _pool is not None:
-            _pool.shutdown(wait=False)
-            _pool = None
+    _threads = n
 
 
-def _get_pool(n_workers: int) -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None or _pool._max_workers < n_workers:  # noqa: SLF001 (grow only)
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="qdbg-lockstep")
-        return _pool
+AHEAD = 32
+"""Results a Runner computes ahead of its consumer (a layer and more of any supported architecture)."""
 
 
-def submit_alongside(n_sides: int, fn: Any, *args: Any, **kw: Any) -> Future:
-    """Run `fn(*args, **kw)` in a worker thread while `advance_all` steps `n_sides` generators: the
-    pool is grown so that every side still gets a worker of its own (the extra job takes one)."""
-    return _get_pool(max(1, n_sides)).submit(fn, *args, **kw)
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
-def _next(g: Iterator[T]) -> T | None:
-    return next(g, None)
+_END = object()
 
 
-def advance_all(gens: Mapping[str, Iterator[T]], concurrent: bool = True) -> dict[str, T | None]:
-    """`{label: next(gen, None)}` for every generator, computed concurrently where cores allow.
+class Runner:
+    """Runs one generator in a thread of its own, up to `ahead` results ahead of `get()`.
 
-    `concurrent=False` steps them in order in the calling thread (for ops too small to gain:
-    on a SmolLM2-sized pair the hand-off costs more than the 1-3 ms ops take; from TinyLlama's
-    size a pass runs ~1.5x faster on two cores; or when one side reads another's result).
-
-    The first generator runs in the calling thread, the others in worker threads; the call
-    returns when all are done. An exception raised by any generator is re-raised here (the
-    first one, in the order of `gens`), after every side has finished its op.
+    Each side of a session runs its pass without waiting for the other at every op (they still
+    compute the same ops: the consumer takes one result from each in turn), so a side's slower
+    ops and a worker's wake-up are not paid at every op. `on_result(r)` is called in the runner's
+    thread as each result is made (before it is queued). An exception from the generator is raised
+    by the `get()` that reaches it (and every later one). `close()` stops the thread at its next
+    result (the op in flight finishes).
     """
-    items = list(gens.items())
-    n = min(len(items), threads()) if concurrent else 1
-    if n <= 1:
-        return {lab: _next(g) for lab, g in items}
-    pool = _get_pool(n - 1)
-    futures: list[tuple[str, Future]] = [(lab, pool.submit(_next, g)) for lab, g in items[1:]]
-    out: dict[str, T | None] = {}
-    first_err: BaseException | None = None
-    try:
-        out[items[0][0]] = _next(items[0][1])
-    except BaseException as e:  # noqa: BLE001 (re-raised below, after the workers finish)
-        first_err = e
-    for lab, fut in futures:
+
+    def __init__(self, gen: Iterator[T], name: str, on_result: Any = None, ahead: int = AHEAD) -> None:
+        self._q: Any = queue.Queue(maxsize=max(1, ahead))
+        self._stop = threading.Event()
+        self._on_result = on_result
+        self._thread = threading.Thread(target=self._run, args=(gen,), name=f"qdbg-side-{name}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, gen: Iterator[T]) -> None:
         try:
-            out[lab] = fut.result()
-        except BaseException as e:  # noqa: BLE001
-            if first_err is None:
-                first_err = e
-    if first_err is not None:
-        raise first_err
-    return {lab: out[lab] for lab, _ in items}
+            for r in gen:
+                if self._on_result is not None:
+                    self._on_result(r)
+                if not self._put(r):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 (raised by the consumer's get)
+            self._put(_Failed(e))
+
+    def get(self) -> T | None:
+        """The next result (waiting for it), None after the last."""
+        item = self._q.get()
+        if isinstance(item, _Failed):
+            self._put(item)    # every later get raises it too
+            raise item.error
+        if item is _END:
+            self._put(_END)
+            return None
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
