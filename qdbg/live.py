@@ -24,8 +24,8 @@ Two measurements ride along (`Record.aux`, measured by the debugger under its sc
   logits once more. The spread of A's top-2 margin over the shadows is the noise floor.
 
 The sides compute at the same time on separate cores when a pass is big enough to gain (n_embd^2
-* tokens of the pass >= CONCURRENT_WORK: TinyLlama's 2048 width from 4 tokens on, SmolLM2's 576
-from 51): each side runs its pass free in a thread of its own (qdbg.engine.lockstep.Runner, a
+* (tokens of the pass + ROW_TOKENS) >= CONCURRENT_WORK: TinyLlama's 2048 width from 1 token on,
+SmolLM2's 576 from 47): each side runs its pass free in a thread of its own (qdbg.engine.lockstep.Runner, a
 bounded number of ops ahead), attribution's f_A(x_B) in a third as soon as B's inputs to an op
 exist, and next_op takes one result from each in turn; bit-equal to one after the other. They go
 one after the other when a resync is set (A reads B's output, so B goes first) or a weight patch
@@ -52,7 +52,11 @@ from qdbg.scope import Scope
 from qdbg.source import DRIVERS
 
 CONCURRENT_WORK = 1 << 24
-"""n_embd^2 * pass tokens from which the sides run concurrently (about 2 ms of the widest op)."""
+"""n_embd^2 * (pass tokens + ROW_TOKENS) from which the sides run concurrently (about 2 ms of the
+widest op)."""
+ROW_TOKENS = 4
+"""A matmul's cost per weight row that does not depend on the tokens (unpacking the row), in
+tokens' worth: a one-token pass still reads every weight."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,7 @@ class LiveSource:
         if self.concurrent is not None:
             return self.concurrent
         n_embd = self.models["A"].config.n_embd
-        return n_embd * n_embd * n_tok >= CONCURRENT_WORK
+        return n_embd * n_embd * (n_tok + ROW_TOKENS) >= CONCURRENT_WORK
 
     def _start_pass(self, tokens: Sequence[int]) -> None:
         self._concurrent_pass = self._concurrency(len(tokens))
