@@ -197,8 +197,7 @@ def main() -> None:
         dr = child(qdbg_cmd(*deep, TOKENS)).rss
         lines.append(f"| peak RSS of `qdbg run`, SmolLM2 shape with 60 layers vs 30 | {dr / GB:.2f} GB | "
                      f"{base / GB:.2f} GB (30 layers) | {dr / base:.2f}x | does not grow | "
-                     f"{ok(dr <= 1.05 * base)} (the session keeps every op's values: history grows "
-                     f"with the depth) |")
+                     f"{ok(dr <= 1.05 * base)} (`qdbg run` without --trace keeps no op values) |")
         eb = probe("engine", a, b, TOKENS)["peak_rss"]
         ed = probe("engine", *deep, TOKENS)["peak_rss"]
         lines.append(f"| peak RSS of the engines alone (weights, no history), 60 layers vs 30 | "
