@@ -193,3 +193,18 @@ def test_portable_madd_gives_the_avx2_integers() -> None:
             w16 = sc.repeat(16).astype(np.int64) * codes
             want = (w16 * q[:nt * n].reshape(nt, n)).reshape(nt, width, -1).sum(axis=-1)
             assert np.array_equal(outs[0], want) and np.array_equal(outs[1], want), (g, nt)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q5_K"])
+def test_rows_off_word_alignment_are_staged_and_give_the_same_bits(qtype: str) -> None:
+    """Q4_K/Q5_K rows are read in place when they start on 8-byte boundaries (as in a GGUF); bytes
+    that do not (a buffer at an odd address) go through the staging copy with the same result."""
+    for case in [c for c in SMALL if c["type"] == qtype]:
+        raw, x = _inputs(case, 33)
+        buf = np.zeros(raw.size + 1, np.uint8)
+        buf[1:] = raw.reshape(-1)
+        odd = buf[1:].reshape(raw.shape)
+        assert odd.ctypes.data % 8 and raw.ctypes.data % 8 == 0
+        for n_tok in (3, 14):
+            args = (QT[qtype], case["n_in"], x[:n_tok], case["repacked"])
+            assert _bits_equal(mul_mat_kquant(odd, *args), mul_mat_kquant(raw, *args)), (case["key"], n_tok)

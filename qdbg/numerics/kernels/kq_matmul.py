@@ -176,7 +176,7 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
                     sce64[4 * j + u] = v
             for e in range(n_in):           # scale * code: a block's sums are plain dots
                 w16[e] = sce[e] * w[e]
-        t = 0                               # the integer sums, 4 tokens per pass over the row
+        t = 0                               # the integer sums, several tokens per pass over the row
         while t < n_tok:
             four = t + 4 <= n_tok
             if path == VEC_DOT:
