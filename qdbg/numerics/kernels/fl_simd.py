@@ -19,6 +19,8 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from qdbg.numerics.kernels.nb import ir_args
+
 
 def _make(V: int, NR: int, NT: int):
     @intrinsic
@@ -29,13 +31,7 @@ def _make(V: int, NR: int, NT: int):
             f32 = ir.FloatType()
             vt = ir.VectorType(f32, V)
             i64 = ir.IntType(64)
-            sa = signature.args
-
-            def ptr(k):
-                return context.make_array(sa[k])(context, builder, args[k]).data
-
-            def idx(k):
-                return context.cast(builder, args[k], sa[k], types.int64)
+            ptr, idx = ir_args(context, builder, signature, args)
 
             pa, pb, po = ptr(0), ptr(3), ptr(7)
             a_off, a_stride, b_off, b_stride = idx(1), idx(2), idx(4), idx(5)

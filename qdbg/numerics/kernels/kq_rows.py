@@ -33,6 +33,8 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from qdbg.numerics.kernels.nb import ir_args
+
 _I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 _V8I, _V8F = ir.VectorType(_I32, 8), ir.VectorType(_F32, 8)
 
@@ -41,15 +43,10 @@ class _Gen:
     """IR helpers over one intrinsic's arguments."""
 
     def __init__(self, context, builder, signature, args):
-        self.b, self.ctx, self.sig, self.args = builder, context, signature, args
+        self.b = builder
+        self.ptr, self.idx = ir_args(context, builder, signature, args)
         self.fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8F, [_V8F] * 3),
                                                   "llvm.fma.v8f32")
-
-    def ptr(self, k):
-        return self.ctx.make_array(self.sig.args[k])(self.ctx, self.b, self.args[k]).data
-
-    def idx(self, k):
-        return self.ctx.cast(self.b, self.args[k], self.sig.args[k], types.int64)
 
     def c(self, v):
         return ir.Constant(_I64, v)

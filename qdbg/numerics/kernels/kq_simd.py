@@ -21,6 +21,8 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from qdbg.numerics.kernels.nb import ir_args
+
 
 def _make(G: int, NT: int):
     @intrinsic
@@ -30,13 +32,8 @@ def _make(G: int, NT: int):
         def codegen(context, builder, signature, args):
             i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
             v8i, v16i, v32i = ir.VectorType(i32, 8), ir.VectorType(i32, 16), ir.VectorType(i32, 32)
-            sa = signature.args
 
-            def ptr(k):
-                return context.make_array(sa[k])(context, builder, args[k]).data
-
-            def idx(k):
-                return context.cast(builder, args[k], sa[k], types.int64)
+            ptr, idx = ir_args(context, builder, signature, args)
 
             pw, pq, po = ptr(0), ptr(1), ptr(5)
             q_off, q_st, n, o_off, o_st = idx(2), idx(3), idx(4), idx(6), idx(7)
@@ -127,13 +124,8 @@ def _make_madd(G: int, NT: int, native: bool | None = None):
         def codegen(context, builder, signature, args):
             i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
             v32b, v16w, v8d = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
-            sa = signature.args
 
-            def ptr(k):
-                return context.make_array(sa[k])(context, builder, args[k]).data
-
-            def idx(k):
-                return context.cast(builder, args[k], sa[k], types.int64)
+            ptr, idx = ir_args(context, builder, signature, args)
 
             def c64(v):
                 return ir.Constant(i64, v)

@@ -24,6 +24,8 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from qdbg.numerics.kernels.nb import ir_args
+
 
 def _make(NT: int):
     @intrinsic
@@ -38,11 +40,7 @@ def _make(NT: int):
             v32s, v32i = ir.VectorType(i16, 32), ir.VectorType(i32, 32)
             sa = signature.args
 
-            def ptr(k):
-                return context.make_array(sa[k])(context, builder, args[k]).data
-
-            def idx(k):
-                return context.cast(builder, args[k], sa[k], types.int64)
+            ptr, idx = ir_args(context, builder, signature, args)
 
             pw, pa, pdw, pad, po = ptr(0), ptr(2), ptr(5), ptr(7), ptr(12)
             w_off, a_off, a_st, dw_off, ad_off, ad_st, n, o_off = (idx(k) for k in (1, 3, 4, 6, 8, 9, 10, 13))
@@ -118,11 +116,10 @@ def _make_decode(bits: int):
 
         def codegen(context, builder, signature, args):
             i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            sa = signature.args
-            pr = context.make_array(sa[0])(context, builder, args[0]).data
-            pv = context.make_array(sa[6])(context, builder, args[6]).data
-            n, bsz, qs_off, qh_off = (context.cast(builder, args[k], sa[k], types.int64) for k in (1, 2, 3, 4))
-            sub = builder.trunc(context.cast(builder, args[5], sa[5], types.int64), i16)
+            ptr, idx = ir_args(context, builder, signature, args)
+            pr, pv = ptr(0), ptr(6)
+            n, bsz, qs_off, qh_off = (idx(k) for k in (1, 2, 3, 4))
+            sub = builder.trunc(idx(5), i16)
 
             def splat(x, ty, width):
                 vt = ir.VectorType(ty, width)

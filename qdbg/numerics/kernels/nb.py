@@ -43,6 +43,20 @@ def jit(*args, **kwargs):
     return numba.njit(*args, **kwargs)
 
 
+def ir_args(context, builder, signature, args):
+    """Inside an intrinsic's codegen: (ptr, idx), where ptr(k) is the data pointer of array
+    argument k and idx(k) integer argument k as an int64."""
+    sa = signature.args
+
+    def ptr(k):
+        return context.make_array(sa[k])(context, builder, args[k]).data
+
+    def idx(k):
+        return context.cast(builder, args[k], sa[k], types.int64)
+
+    return ptr, idx
+
+
 @intrinsic
 def fma32(typingctx, a, b, c):
     """float32 fused multiply-add a*b+c, rounded once (llvm.fma.f32)."""
