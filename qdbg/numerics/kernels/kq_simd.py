@@ -102,6 +102,35 @@ def native_avx2() -> bool:
         return False
 
 
+def madd_builder(builder, native: bool):
+    """madd(vc, vq, vs) -> <8 x i32>: u8 codes vc <32 x i8> times s8 q vq <32 x i8>, adjacent pairs
+    added (vpmaddubsw), times the pair scales vs <16 x i16>, adjacent pairs added (vpmaddwd).
+    `native`: the AVX2 intrinsics; else portable IR giving the same integers (no pair sum
+    saturates: |code| <= 63)."""
+    i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+    v32b, v16w, v8d = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+    mod = builder.module
+    if native:
+        maddubs = cgutils.get_or_insert_function(mod, ir.FunctionType(v16w, [v32b, v32b]),
+                                                 "llvm.x86.avx2.pmadd.ub.sw")
+        maddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8d, [v16w, v16w]),
+                                                "llvm.x86.avx2.pmadd.wd")
+
+        def madd(vc, vq, vs):
+            return builder.call(maddwd, [builder.call(maddubs, [vc, vq]), vs])
+        return madd
+    v32w, v16d = ir.VectorType(i16, 32), ir.VectorType(i32, 16)
+    ev = [ir.Constant(ir.VectorType(i32, m), [2 * k for k in range(m)]) for m in (16, 8)]
+    od = [ir.Constant(ir.VectorType(i32, m), [2 * k + 1 for k in range(m)]) for m in (16, 8)]
+
+    def madd(vc, vq, vs):
+        p = builder.mul(builder.zext(vc, v32w), builder.sext(vq, v32w))
+        pr = builder.add(builder.shuffle_vector(p, p, ev[0]), builder.shuffle_vector(p, p, od[0]))
+        p2 = builder.mul(builder.sext(pr, v16d), builder.sext(vs, v16d))
+        return builder.add(builder.shuffle_vector(p2, p2, ev[1]), builder.shuffle_vector(p2, p2, od[1]))
+    return madd
+
+
 def _make_madd(G: int, NT: int, native: bool | None = None):
     """Scaled sums from the codes, the C kernels' way: per 32 elements, u8 code x s8 q pair sums
     (vpmaddubsw: |pair| <= 2*63*128 < 2^15, so it never saturates) times the pair's sub-block
@@ -135,24 +164,7 @@ def _make_madd(G: int, NT: int, native: bool | None = None):
             q0 = [builder.add(q_off, builder.mul(q_st, c64(j))) for j in range(NT)]
             o0 = [builder.add(o_off, builder.mul(o_st, c64(j))) for j in range(NT)]
             mod = builder.module
-            if use_native:
-                maddubs = cgutils.get_or_insert_function(mod, ir.FunctionType(v16w, [v32b, v32b]),
-                                                         "llvm.x86.avx2.pmadd.ub.sw")
-                maddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8d, [v16w, v16w]),
-                                                        "llvm.x86.avx2.pmadd.wd")
-
-                def madd(vc, vq, vs):
-                    return builder.call(maddwd, [builder.call(maddubs, [vc, vq]), vs])
-            else:
-                v32w, v16d = ir.VectorType(i16, 32), ir.VectorType(i32, 16)
-                ev = [ir.Constant(ir.VectorType(i32, m), [2 * k for k in range(m)]) for m in (16, 8)]
-                od = [ir.Constant(ir.VectorType(i32, m), [2 * k + 1 for k in range(m)]) for m in (16, 8)]
-
-                def madd(vc, vq, vs):
-                    p = builder.mul(builder.zext(vc, v32w), builder.sext(vq, v32w))
-                    pr = builder.add(builder.shuffle_vector(p, p, ev[0]), builder.shuffle_vector(p, p, od[0]))
-                    p2 = builder.mul(builder.sext(pr, v16d), builder.sext(vs, v16d))
-                    return builder.add(builder.shuffle_vector(p2, p2, ev[1]), builder.shuffle_vector(p2, p2, od[1]))
+            madd = madd_builder(builder, use_native)
             red8 = cgutils.get_or_insert_function(mod, ir.FunctionType(i32, [v8d]), "llvm.vector.reduce.add.v8i32")
 
             def load(p, off, ty, align):

@@ -9,6 +9,8 @@ f32 activations [n_tok, n_in] on the AVX2+FMA build (no AVX-512, llamafile on, C
    quantize_row_q8_K + ggml_gemv_q4_K_8x8_q8_K. gemm adds to its float accumulators per 64
    elements, gemv per 256, so a row's bits depend on which of the two it went through. (The
    4x8 quantizer can flip the sign of a block's q and d together, which changes no product.)
+   With fewer than 4 rows (decode steps) every row is a gemv: kq_fused decodes each block in
+   place for it; otherwise kq_matmul, which unpacks each weight row once for all the tokens.
 2. n_tok >= 8 (ggml_tiled_min_batch): the tiled K-quant matmul (tiled/), all five types
    (as shipped: the env switches GGML_CPU_TILED_MM=0 / GGML_CPU_TILED_MM_FORCE=1 are unset).
 3. otherwise llamafile_sgemm declines K-quants, so x goes to Q8_K (quantize_row_q8_K) and
@@ -25,6 +27,7 @@ from gguf import GGMLQuantizationType as QT
 
 from qdbg.errors import QdbgError
 from qdbg.numerics.kernels import kq_unpack as U
+from qdbg.numerics.kernels.kq_fused import q4k_gemv
 from qdbg.numerics.kernels.kq_matmul import REPACK, TILED, VEC_DOT, kq_matmul
 from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
 
@@ -64,6 +67,10 @@ def mul_mat_kquant(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray,
     if out.size == 0:
         return out
     q, d, bsums = quantize_q8_K_fast(x)
+    if repacked and x.shape[0] < 4:   # every token through the gemv: decode each block in place
+        bs32 = bsums.astype(np.int32).reshape(x.shape[0], -1, 2).sum(axis=-1, dtype=np.int32)
+        q4k_gemv(w, q, d, np.ascontiguousarray(bs32), out)
+        return out
     path = {"repack": REPACK, "tiled": TILED, "vec_dot": VEC_DOT}[kquant_path(qtype, x.shape[0], repacked)]
     kq_matmul(w, np.int64(code), np.int64(path), np.ascontiguousarray(q),
               np.ascontiguousarray(d), np.ascontiguousarray(bsums), out)

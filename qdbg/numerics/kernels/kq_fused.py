@@ -1,0 +1,127 @@
+"""Q4_K x Q8_K for one to three tokens (decode steps) as one fused loop over the GGUF bytes.
+
+kq_matmul unpacks every weight row into codes and scales first and then reduces them, a cost that
+a prompt of many tokens shares out but a decode step (one token) pays in full: a one-token pass of
+a TinyLlama-shaped Q4_K_M model spent most of its time unpacking. llama.cpp's kernels instead
+decode each block in registers as they go; this does the same for the case decode steps run most,
+Q4_K in CPU_REPACK with fewer than 4 tokens, which is ggml_gemv_q4_K_8x8_q8_K for every token
+(kquants.py: the n_tok % 4 rows of the repacked path go through the gemv).
+
+Per 256-element block of a row (144 bytes: d, dmin as F16, 12 bytes of 6-bit scales and mins,
+128 bytes of nibbles), in the gemv's float order (kq_matmul's docstring, `repack`):
+  s1 = sum over the 8 sub-blocks of scale * (codes . q), s2 = sum of min * (the token's bsums per
+  32); acc = fma(f(s1), d*yd, acc); accm = fma(f(s2), dmin*yd, accm); out = acc - accm.
+The codes are the low and high nibbles of each 32 bytes (sub-blocks 2i and 2i+1), multiplied
+with the u8 x s8 byte madd (kq_simd.madd_builder; integers, exact in any order); the scales and
+mins are get_scale_min_k4 of the 12 bytes, unrolled.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+
+from qdbg.numerics.kernels.kq_simd import madd_builder, native_avx2
+from qdbg.numerics.kernels.nb import ir_args, jit
+
+Q4_K_BLOCK = 144
+
+
+def _make_q4k_row(native: bool | None = None):
+    use_native = native_avx2() if native is None else native
+
+    @intrinsic
+    def q4k_gemv_row(typingctx, row, q, yd, bs32, nb):
+        """float32: one row (uint8 [nb*144]) times one token (q int8 [nb*256], yd float32 [nb],
+        bs32 int32 [nb*8]: the bsums per 32 elements)."""
+        sig = types.float32(row, q, yd, bs32, nb)
+
+        def codegen(context, builder, signature, args):
+            b = builder
+            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            f32 = ir.FloatType()
+            v32b, v16w, v8d = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
+            ptr, idx = ir_args(context, builder, signature, args)
+            prow, pq, pyd, pbs = ptr(0), ptr(1), ptr(2), ptr(3)
+            n_blocks = idx(4)
+            madd = madd_builder(b, use_native)
+            fma = cgutils.get_or_insert_function(b.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
+            red8 = cgutils.get_or_insert_function(b.module, ir.FunctionType(i32, [v8d]),
+                                                  "llvm.vector.reduce.add.v8i32")
+
+            def c64(v):
+                return ir.Constant(i64, v)
+
+            def c32(v):
+                return ir.Constant(i32, v)
+
+            def at(p, off, ty):
+                return b.bitcast(b.gep(p, [off]), ty.as_pointer())
+
+            def f16(off):
+                h = b.load(at(prow, off, i16), align=1)
+                return b.fpext(b.bitcast(h, ir.HalfType()), f32)
+
+            def splat16(x):
+                v = b.insert_element(ir.Constant(v16w, ir.Undefined), b.trunc(x, i16), c32(0))
+                return b.shuffle_vector(v, ir.Constant(v16w, ir.Undefined), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+
+            low = ir.Constant(v32b, [0x0F] * 32)
+            four = ir.Constant(v32b, [4] * 32)
+            acc = cgutils.alloca_once_value(b, ir.Constant(f32, 0.0))
+            accm = cgutils.alloca_once_value(b, ir.Constant(f32, 0.0))
+            with cgutils.for_range(b, n_blocks) as loop:
+                blk = loop.index
+                bo = b.mul(blk, c64(Q4_K_BLOCK))
+                d, dmin = f16(bo), f16(b.add(bo, c64(2)))
+                sb = [b.zext(b.load(b.gep(prow, [b.add(bo, c64(4 + k))])), i32) for k in range(12)]
+                sc, mn = [], []
+                for j in range(8):                      # get_scale_min_k4
+                    if j < 4:
+                        sc.append(b.and_(sb[j], c32(63)))
+                        mn.append(b.and_(sb[j + 4], c32(63)))
+                    else:
+                        sc.append(b.or_(b.and_(sb[j + 4], c32(0xF)), b.shl(b.lshr(sb[j - 4], c32(6)), c32(4))))
+                        mn.append(b.or_(b.lshr(sb[j + 4], c32(4)), b.shl(b.lshr(sb[j], c32(6)), c32(4))))
+                qo = b.mul(blk, c64(256))
+                tot = None
+                for i in range(4):                      # 32 bytes: sub-blocks 2i (low) and 2i+1 (high)
+                    vc = b.load(at(prow, b.add(bo, c64(16 + 32 * i)), v32b), align=1)
+                    lo = b.and_(vc, low)
+                    hi = b.and_(b.lshr(vc, four), low)
+                    ql = b.load(at(pq, b.add(qo, c64(64 * i)), v32b), align=1)
+                    qh = b.load(at(pq, b.add(qo, c64(64 * i + 32)), v32b), align=1)
+                    part = b.add(madd(lo, ql, splat16(sc[2 * i])), madd(hi, qh, splat16(sc[2 * i + 1])))
+                    tot = part if tot is None else b.add(tot, part)
+                s1 = b.call(red8, [tot])
+                s2 = None
+                for j in range(8):
+                    bsj = b.load(b.gep(pbs, [b.add(b.mul(blk, c64(8)), c64(j))]))
+                    t = b.mul(mn[j], bsj)
+                    s2 = t if s2 is None else b.add(s2, t)
+                ydb = b.load(b.gep(pyd, [blk]))
+                dd = b.fmul(d, ydb)
+                dm = b.fmul(dmin, ydb)
+                b.store(b.call(fma, [b.sitofp(s1, f32), dd, b.load(acc)]), acc)
+                b.store(b.call(fma, [b.sitofp(s2, f32), dm, b.load(accm)]), accm)
+            return b.fsub(b.load(acc), b.load(accm))
+
+        return sig, codegen
+
+    return q4k_gemv_row
+
+
+q4k_gemv_row = _make_q4k_row()
+
+
+@jit
+def q4k_gemv(w_raw, q, yd, bs32, out):
+    """out [n_tok, n_out] = Q4_K rows (GGUF bytes, uint8 [n_out, nb*144]) x Q8_K tokens, each token
+    as ggml_gemv_q4_K_8x8_q8_K computes it."""
+    nb = q.shape[1] // 256
+    for r in range(w_raw.shape[0]):
+        wr = w_raw[r]
+        for t in range(q.shape[0]):
+            out[t, r] = q4k_gemv_row(wr, q[t], yd[t], bs32[t], nb)
