@@ -239,3 +239,35 @@ def test_fused_q4_K_gemv_in_portable_ir_gives_the_same_bits() -> None:
         portable(raw, q, d, bs32, out)
         want = mul_mat_kquant(raw, QT.Q4_K, case["n_in"], x, True)
         assert _bits_equal(out, want), case["key"]
+
+
+def test_fused_q6_K_vec_dot_in_portable_ir_gives_the_same_bits() -> None:
+    """Q6_K with fewer than 8 tokens runs the fused vec_dot (kq_fused); its portable IR gives the
+    bits of the AVX2 one, which the goldens above hold to llama.cpp's."""
+    import numba
+
+    from qdbg.numerics.kernels import kq_fused
+    from qdbg.numerics.kernels.kq_simd import native_avx2
+    from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
+
+    if not native_avx2():
+        pytest.skip("no AVX2 here: only the portable IR runs")
+    row = kq_fused._make_q6k_row(native=False)  # noqa: SLF001
+
+    @numba.njit(cache=False)
+    def portable(w_raw, q, yd, bs, out):
+        nb = q.shape[1] // 256
+        for r in range(w_raw.shape[0]):
+            for t in range(q.shape[0]):
+                out[t, r] = row(w_raw[r], q[t], yd[t], bs[t], nb)
+
+    cases = [c for c in SMALL if c["type"] == "Q6_K"]
+    assert cases
+    for case in cases:
+        raw, x = _inputs(case, 33)
+        x = x[:7]
+        q, d, bs = quantize_q8_K_fast(x)
+        out = np.empty((7, raw.shape[0]), np.float32)
+        portable(raw, q, d, bs, out)
+        want = mul_mat_kquant(raw, QT.Q6_K, case["n_in"], x, False)
+        assert _bits_equal(out, want), case["key"]

@@ -1,19 +1,29 @@
-"""Q4_K x Q8_K for one to three tokens (decode steps) as one fused loop over the GGUF bytes.
+"""K-quant x Q8_K for the few tokens of a decode step, as fused loops over the GGUF bytes.
 
 kq_matmul unpacks every weight row into codes and scales first and then reduces them, a cost that
 a prompt of many tokens shares out but a decode step (one token) pays in full: a one-token pass of
 a TinyLlama-shaped Q4_K_M model spent most of its time unpacking. llama.cpp's kernels instead
-decode each block in registers as they go; this does the same for the case decode steps run most,
-Q4_K in CPU_REPACK with fewer than 4 tokens, which is ggml_gemv_q4_K_8x8_q8_K for every token
-(kquants.py: the n_tok % 4 rows of the repacked path go through the gemv).
+decode each block in registers as they go; this does the same for the two cases decode steps run
+most: Q4_K in CPU_REPACK with fewer than 4 tokens, which is ggml_gemv_q4_K_8x8_q8_K for every token
+(kquants.py: the n_tok % 4 rows of the repacked path go through the gemv), and Q6_K (the output
+matrix and half the FFN-down and V matrices of a Q4_K_M or Q5_K_M file) with fewer than 8 tokens,
+ggml_vec_dot_q6_K_q8_K.
 
-Per 256-element block of a row (144 bytes: d, dmin as F16, 12 bytes of 6-bit scales and mins,
+Q4_K gemv:
+per 256-element block of a row (144 bytes: d, dmin as F16, 12 bytes of 6-bit scales and mins,
 128 bytes of nibbles), in the gemv's float order (kq_matmul's docstring, `repack`):
   s1 = sum over the 8 sub-blocks of scale * (codes . q), s2 = sum of min * (the token's bsums per
   32); acc = fma(f(s1), d*yd, acc); accm = fma(f(s2), dmin*yd, accm); out = acc - accm.
 The codes are the low and high nibbles of each 32 bytes (sub-blocks 2i and 2i+1), multiplied
 with the u8 x s8 byte madd (kq_simd.madd_builder; integers, exact in any order); the scales and
 mins are get_scale_min_k4 of the 12 bytes, unrolled.
+
+Q6_K vec_dot: per block (210 bytes: ql[128], qh[64], int8 scales[16], d as F16), the codes of
+each 128 elements come from 64 bytes of ql and 32 of qh (low/high nibbles, 2-bit pairs of qh);
+the 8 integer lanes of the AVX2 kernel (lane k: elements with (e % 32) // 4 == k, over the block)
+are the byte-madd lanes summed over the block's 8 chunks of 32; lane k then loses
+32 * (sc[2k]*bsum[2k] + sc[2k+1]*bsum[2k+1]) and acc = fma(yd*d, f(lane), acc) lane by lane;
+the result is ggml's fixed horizontal sum of the 8 lanes.
 """
 
 from __future__ import annotations
@@ -114,6 +124,107 @@ def _make_q4k_row(native: bool | None = None):
 
 
 q4k_gemv_row = _make_q4k_row()
+
+Q6_K_BLOCK = 210
+
+
+def _make_q6k_row(native: bool | None = None):
+    use_native = native_avx2() if native is None else native
+
+    @intrinsic
+    def q6k_vec_dot_row(typingctx, row, q, yd, bs, nb):
+        """float32: one row (uint8 [nb*210]) times one token (q int8 [nb*256], yd float32 [nb],
+        bs int16 [nb*16]: the bsums per 16 elements)."""
+        sig = types.float32(row, q, yd, bs, nb)
+
+        def codegen(context, builder, signature, args):
+            b = builder
+            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            f32 = ir.FloatType()
+            v32b, v16w, v8d, v8f = (ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8),
+                                    ir.VectorType(f32, 8))
+            v16b, v16d = ir.VectorType(i8, 16), ir.VectorType(i32, 16)
+            ptr, idx = ir_args(context, builder, signature, args)
+            prow, pq, pyd, pbs = ptr(0), ptr(1), ptr(2), ptr(3)
+            n_blocks = idx(4)
+            madd = madd_builder(b, use_native)
+            fma8 = cgutils.get_or_insert_function(b.module, ir.FunctionType(v8f, [v8f] * 3), "llvm.fma.v8f32")
+
+            def c64(v):
+                return ir.Constant(i64, v)
+
+            def at(p, off, ty):
+                return b.bitcast(b.gep(p, [off]), ty.as_pointer())
+
+            def bytes_(v):
+                return ir.Constant(v32b, [v] * 32)
+
+            spread = ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8)
+            ev = ir.Constant(v8d, [2 * k for k in range(8)])
+            od = ir.Constant(v8d, [2 * k + 1 for k in range(8)])
+            undef8f = ir.Constant(v8f, ir.Undefined)
+            acc = cgutils.alloca_once_value(b, ir.Constant(v8f, [0.0] * 8))
+            with cgutils.for_range(b, n_blocks) as loop:
+                blk = loop.index
+                bo = b.mul(blk, c64(Q6_K_BLOCK))
+                qo = b.mul(blk, c64(256))
+                scb = b.load(at(prow, b.add(bo, c64(192)), v16b), align=1)     # int8 scales
+                sc32 = b.sext(scb, v16d)
+                lanes = None
+                for j in range(2):                                          # 128 elements each
+                    A = b.load(at(prow, b.add(bo, c64(64 * j)), v32b), align=1)
+                    C = b.load(at(prow, b.add(bo, c64(64 * j + 32)), v32b), align=1)
+                    H = b.load(at(prow, b.add(bo, c64(128 + 32 * j)), v32b), align=1)
+                    lo4 = bytes_(0x0F)
+                    three = bytes_(3)
+                    codes = [
+                        b.or_(b.and_(A, lo4), b.shl(b.and_(H, three), bytes_(4))),
+                        b.or_(b.and_(C, lo4), b.shl(b.and_(b.lshr(H, bytes_(2)), three), bytes_(4))),
+                        b.or_(b.lshr(A, bytes_(4)), b.shl(b.and_(b.lshr(H, bytes_(4)), three), bytes_(4))),
+                        b.or_(b.lshr(C, bytes_(4)), b.shl(b.lshr(H, bytes_(6)), bytes_(4))),
+                    ]
+                    for i, vc in enumerate(codes):                          # chunk g = 4j + i
+                        g = 4 * j + i
+                        two = b.shuffle_vector(sc32, sc32, ir.Constant(ir.VectorType(i32, 2), [2 * g, 2 * g + 1]))
+                        vs = b.trunc(b.shuffle_vector(two, two, spread), v16w)
+                        vq = b.load(at(pq, b.add(qo, c64(32 * g)), v32b), align=1)
+                        part = madd(vc, vq, vs)
+                        lanes = part if lanes is None else b.add(lanes, part)
+                bsv = b.sext(b.load(at(pbs, b.mul(blk, c64(16)), v16w), align=2), v16d)
+                prod = b.mul(sc32, bsv)
+                corr = b.add(b.shuffle_vector(prod, prod, ev), b.shuffle_vector(prod, prod, od))
+                lk = b.sub(lanes, b.mul(corr, ir.Constant(v8d, [32] * 8)))
+                d = b.fpext(b.bitcast(b.load(at(prow, b.add(bo, c64(208)), i16), align=1), ir.HalfType()), f32)
+                dd = b.fmul(b.load(b.gep(pyd, [blk])), d)
+                ddv = b.shuffle_vector(b.insert_element(undef8f, dd, ir.Constant(i32, 0)), undef8f,
+                                       ir.Constant(v8d, [0] * 8))
+                b.store(b.call(fma8, [ddv, b.sitofp(lk, v8f), b.load(acc)]), acc)
+            v = b.load(acc)
+
+            def lane(k):
+                return b.extract_element(v, ir.Constant(i32, k))
+
+            x = b.fadd(b.fadd(lane(4), lane(0)), b.fadd(lane(6), lane(2)))   # hsum_float_8
+            y = b.fadd(b.fadd(lane(5), lane(1)), b.fadd(lane(7), lane(3)))
+            return b.fadd(x, y)
+
+        return sig, codegen
+
+    return q6k_vec_dot_row
+
+
+q6k_vec_dot_row = _make_q6k_row()
+
+
+@jit
+def q6k_vec_dot(w_raw, q, yd, bs, out):
+    """out [n_tok, n_out] = Q6_K rows (GGUF bytes, uint8 [n_out, nb*210]) x Q8_K tokens (n_tok < 8),
+    each output as ggml_vec_dot_q6_K_q8_K computes it."""
+    nb = q.shape[1] // 256
+    for r in range(w_raw.shape[0]):
+        wr = w_raw[r]
+        for t in range(q.shape[0]):
+            out[t, r] = q6k_vec_dot_row(wr, q[t], yd[t], bs[t], nb)
 
 
 @jit

@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType as QT
 
 from qdbg.errors import QdbgError
 from qdbg.numerics.kernels import kq_unpack as U
-from qdbg.numerics.kernels.kq_fused import q4k_gemv
+from qdbg.numerics.kernels.kq_fused import q4k_gemv, q6k_vec_dot
 from qdbg.numerics.kernels.kq_matmul import REPACK, TILED, VEC_DOT, kq_matmul
 from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
 
@@ -70,6 +70,9 @@ def mul_mat_kquant(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray,
     if repacked and x.shape[0] < 4:   # every token through the gemv: decode each block in place
         bs32 = bsums.astype(np.int32).reshape(x.shape[0], -1, 2).sum(axis=-1, dtype=np.int32)
         q4k_gemv(w, q, d, np.ascontiguousarray(bs32), out)
+        return out
+    if qtype == QT.Q6_K and x.shape[0] < TILED_MIN_BATCH:   # vec_dot: decode each block in place
+        q6k_vec_dot(w, q, d, bsums, out)
         return out
     path = {"repack": REPACK, "tiled": TILED, "vec_dot": VEC_DOT}[kquant_path(qtype, x.shape[0], repacked)]
     kq_matmul(w, np.int64(code), np.int64(path), np.ascontiguousarray(q),
