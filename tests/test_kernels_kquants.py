@@ -210,9 +210,14 @@ def test_rows_off_word_alignment_are_staged_and_give_the_same_bits(qtype: str) -
             assert _bits_equal(mul_mat_kquant(odd, *args), mul_mat_kquant(raw, *args)), (case["key"], n_tok)
 
 
-def test_fused_q4_K_gemv_in_portable_ir_gives_the_same_bits() -> None:
-    """Decode steps on repacked Q4_K run the fused gemv (kq_fused); its portable IR (hosts without
-    AVX2) gives the bits of the AVX2 one, which the goldens above hold to llama.cpp's."""
+@pytest.mark.parametrize("qtype, repacked, maker, per32", [("Q4_K", True, "_make_q4k_row", True),
+                                                         ("Q5_K", False, "_make_q5k_row", True),
+                                                         ("Q6_K", False, "_make_q6k_row", False)])
+def test_fused_kernels_in_portable_ir_give_the_same_bits(qtype: str, repacked: bool, maker: str,
+                                                          per32: bool) -> None:
+    """Decode steps (repacked Q4_K below 4 tokens, Q5_K and Q6_K below 8) run the fused kernels
+    (kq_fused); their portable IR (hosts without AVX2) gives the bits of the AVX2 one, which the
+    goldens above hold to llama.cpp's."""
     import numba
 
     from qdbg.numerics.kernels import kq_fused
@@ -221,38 +226,7 @@ def test_fused_q4_K_gemv_in_portable_ir_gives_the_same_bits() -> None:
 
     if not native_avx2():
         pytest.skip("no AVX2 here: only the portable IR runs")
-    row = kq_fused._make_q4k_row(native=False)  # noqa: SLF001
-
-    @numba.njit(cache=False)
-    def portable(w_raw, q, yd, bs32, out):
-        nb = q.shape[1] // 256
-        for r in range(w_raw.shape[0]):
-            for t in range(q.shape[0]):
-                out[t, r] = row(w_raw[r], q[t], yd[t], bs32[t], nb)
-
-    for case in [c for c in SMALL if c["repacked"]]:
-        raw, x = _inputs(case, 33)
-        x = x[:3]
-        q, d, bs = quantize_q8_K_fast(x)
-        bs32 = np.ascontiguousarray(bs.astype(np.int32).reshape(3, -1, 2).sum(axis=-1, dtype=np.int32))
-        out = np.empty((3, raw.shape[0]), np.float32)
-        portable(raw, q, d, bs32, out)
-        want = mul_mat_kquant(raw, QT.Q4_K, case["n_in"], x, True)
-        assert _bits_equal(out, want), case["key"]
-
-
-def test_fused_q6_K_vec_dot_in_portable_ir_gives_the_same_bits() -> None:
-    """Q6_K with fewer than 8 tokens runs the fused vec_dot (kq_fused); its portable IR gives the
-    bits of the AVX2 one, which the goldens above hold to llama.cpp's."""
-    import numba
-
-    from qdbg.numerics.kernels import kq_fused
-    from qdbg.numerics.kernels.kq_simd import native_avx2
-    from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
-
-    if not native_avx2():
-        pytest.skip("no AVX2 here: only the portable IR runs")
-    row = kq_fused._make_q6k_row(native=False)  # noqa: SLF001
+    row = getattr(kq_fused, maker)(native=False)
 
     @numba.njit(cache=False)
     def portable(w_raw, q, yd, bs, out):
@@ -261,13 +235,16 @@ def test_fused_q6_K_vec_dot_in_portable_ir_gives_the_same_bits() -> None:
             for t in range(q.shape[0]):
                 out[t, r] = row(w_raw[r], q[t], yd[t], bs[t], nb)
 
-    cases = [c for c in SMALL if c["type"] == "Q6_K"]
+    n_tok = 3 if repacked else 7
+    cases = [c for c in SMALL if c["type"] == qtype and c["repacked"] == repacked]
     assert cases
     for case in cases:
         raw, x = _inputs(case, 33)
-        x = x[:7]
+        x = x[:n_tok]
         q, d, bs = quantize_q8_K_fast(x)
-        out = np.empty((7, raw.shape[0]), np.float32)
+        if per32:
+            bs = np.ascontiguousarray(bs.astype(np.int32).reshape(n_tok, -1, 2).sum(axis=-1, dtype=np.int32))
+        out = np.empty((n_tok, raw.shape[0]), np.float32)
         portable(raw, q, d, bs, out)
-        want = mul_mat_kquant(raw, QT.Q6_K, case["n_in"], x, False)
+        want = mul_mat_kquant(raw, QT[qtype], case["n_in"], x, repacked)
         assert _bits_equal(out, want), case["key"]

@@ -39,6 +39,42 @@ from qdbg.numerics.kernels.nb import ir_args, jit
 Q4_K_BLOCK = 144
 
 
+def _scale_min_k4(b, prow, off):
+    """get_scale_min_k4 of the 12 bytes at prow[off:], unrolled: ([8 scales], [8 mins]) as i32."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+
+    def c32(v):
+        return ir.Constant(i32, v)
+
+    sb = [b.zext(b.load(b.gep(prow, [b.add(off, ir.Constant(i64, k))])), i32) for k in range(12)]
+    sc, mn = [], []
+    for j in range(8):
+        if j < 4:
+            sc.append(b.and_(sb[j], c32(63)))
+            mn.append(b.and_(sb[j + 4], c32(63)))
+        else:
+            sc.append(b.or_(b.and_(sb[j + 4], c32(0xF)), b.shl(b.lshr(sb[j - 4], c32(6)), c32(4))))
+            mn.append(b.or_(b.lshr(sb[j + 4], c32(4)), b.shl(b.lshr(sb[j], c32(6)), c32(4))))
+    return sc, mn
+
+
+def _splat(b, x, vty):
+    """A vector of type vty with every lane x."""
+    i32 = ir.IntType(32)
+    v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(i32, 0))
+    return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count))
+
+
+def _hsum8(b, v):
+    """ggml's hsum_float_8: ((v4+v0)+(v6+v2))+((v5+v1)+(v7+v3)), each add in float32."""
+    def lane(k):
+        return b.extract_element(v, ir.Constant(ir.IntType(32), k))
+
+    x = b.fadd(b.fadd(lane(4), lane(0)), b.fadd(lane(6), lane(2)))
+    y = b.fadd(b.fadd(lane(5), lane(1)), b.fadd(lane(7), lane(3)))
+    return b.fadd(x, y)
+
+
 def _make_q4k_row(native: bool | None = None):
     use_native = native_avx2() if native is None else native
 
@@ -75,8 +111,7 @@ def _make_q4k_row(native: bool | None = None):
                 return b.fpext(b.bitcast(h, ir.HalfType()), f32)
 
             def splat16(x):
-                v = b.insert_element(ir.Constant(v16w, ir.Undefined), b.trunc(x, i16), c32(0))
-                return b.shuffle_vector(v, ir.Constant(v16w, ir.Undefined), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+                return _splat(b, b.trunc(x, i16), v16w)
 
             low = ir.Constant(v32b, [0x0F] * 32)
             four = ir.Constant(v32b, [4] * 32)
@@ -86,15 +121,7 @@ def _make_q4k_row(native: bool | None = None):
                 blk = loop.index
                 bo = b.mul(blk, c64(Q4_K_BLOCK))
                 d, dmin = f16(bo), f16(b.add(bo, c64(2)))
-                sb = [b.zext(b.load(b.gep(prow, [b.add(bo, c64(4 + k))])), i32) for k in range(12)]
-                sc, mn = [], []
-                for j in range(8):                      # get_scale_min_k4
-                    if j < 4:
-                        sc.append(b.and_(sb[j], c32(63)))
-                        mn.append(b.and_(sb[j + 4], c32(63)))
-                    else:
-                        sc.append(b.or_(b.and_(sb[j + 4], c32(0xF)), b.shl(b.lshr(sb[j - 4], c32(6)), c32(4))))
-                        mn.append(b.or_(b.lshr(sb[j + 4], c32(4)), b.shl(b.lshr(sb[j], c32(6)), c32(4))))
+                sc, mn = _scale_min_k4(b, prow, b.add(bo, c64(4)))
                 qo = b.mul(blk, c64(256))
                 tot = None
                 for i in range(4):                      # 32 bytes: sub-blocks 2i (low) and 2i+1 (high)
@@ -162,7 +189,6 @@ def _make_q6k_row(native: bool | None = None):
             spread = ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8)
             ev = ir.Constant(v8d, [2 * k for k in range(8)])
             od = ir.Constant(v8d, [2 * k + 1 for k in range(8)])
-            undef8f = ir.Constant(v8f, ir.Undefined)
             acc = cgutils.alloca_once_value(b, ir.Constant(v8f, [0.0] * 8))
             with cgutils.for_range(b, n_blocks) as loop:
                 blk = loop.index
@@ -196,17 +222,8 @@ def _make_q6k_row(native: bool | None = None):
                 lk = b.sub(lanes, b.mul(corr, ir.Constant(v8d, [32] * 8)))
                 d = b.fpext(b.bitcast(b.load(at(prow, b.add(bo, c64(208)), i16), align=1), ir.HalfType()), f32)
                 dd = b.fmul(b.load(b.gep(pyd, [blk])), d)
-                ddv = b.shuffle_vector(b.insert_element(undef8f, dd, ir.Constant(i32, 0)), undef8f,
-                                       ir.Constant(v8d, [0] * 8))
-                b.store(b.call(fma8, [ddv, b.sitofp(lk, v8f), b.load(acc)]), acc)
-            v = b.load(acc)
-
-            def lane(k):
-                return b.extract_element(v, ir.Constant(i32, k))
-
-            x = b.fadd(b.fadd(lane(4), lane(0)), b.fadd(lane(6), lane(2)))   # hsum_float_8
-            y = b.fadd(b.fadd(lane(5), lane(1)), b.fadd(lane(7), lane(3)))
-            return b.fadd(x, y)
+                b.store(b.call(fma8, [_splat(b, dd, v8f), b.sitofp(lk, v8f), b.load(acc)]), acc)
+            return _hsum8(b, b.load(acc))
 
         return sig, codegen
 
@@ -214,6 +231,77 @@ def _make_q6k_row(native: bool | None = None):
 
 
 q6k_vec_dot_row = _make_q6k_row()
+
+Q5_K_BLOCK = 176
+
+
+def _make_q5k_row(native: bool | None = None):
+    use_native = native_avx2() if native is None else native
+
+    @intrinsic
+    def q5k_vec_dot_row(typingctx, row, q, yd, bs32, nb):
+        """float32: one row (uint8 [nb*176]) times one token (q int8 [nb*256], yd float32 [nb],
+        bs32 int32 [nb*8]: the bsums per 32 elements)."""
+        sig = types.float32(row, q, yd, bs32, nb)
+
+        def codegen(context, builder, signature, args):
+            b = builder
+            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            f32 = ir.FloatType()
+            v32b, v16w, v8f = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(f32, 8)
+            ptr, idx = ir_args(context, builder, signature, args)
+            prow, pq, pyd, pbs = ptr(0), ptr(1), ptr(2), ptr(3)
+            n_blocks = idx(4)
+            madd = madd_builder(b, use_native)
+            fma = cgutils.get_or_insert_function(b.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
+            fma8 = cgutils.get_or_insert_function(b.module, ir.FunctionType(v8f, [v8f] * 3), "llvm.fma.v8f32")
+
+            def c64(v):
+                return ir.Constant(i64, v)
+
+            def at(p, off, ty):
+                return b.bitcast(b.gep(p, [off]), ty.as_pointer())
+
+            def bytes_(v):
+                return ir.Constant(v32b, [v] * 32)
+
+            acc = cgutils.alloca_once_value(b, ir.Constant(v8f, [0.0] * 8))
+            summs = cgutils.alloca_once_value(b, ir.Constant(f32, 0.0))
+            with cgutils.for_range(b, n_blocks) as loop:
+                blk = loop.index
+                bo = b.mul(blk, c64(Q5_K_BLOCK))
+                qo = b.mul(blk, c64(256))
+                d = b.fpext(b.bitcast(b.load(at(prow, bo, i16), align=1), ir.HalfType()), f32)
+                dmin = b.fpext(b.bitcast(b.load(at(prow, b.add(bo, c64(2)), i16), align=1), ir.HalfType()), f32)
+                sc, mn = _scale_min_k4(b, prow, b.add(bo, c64(4)))
+                H = b.load(at(prow, b.add(bo, c64(16)), v32b), align=1)
+                lanes = None
+                for j in range(4):                      # 32 bytes of qs: sub-blocks 2j (low), 2j+1 (high)
+                    Q = b.load(at(prow, b.add(bo, c64(48 + 32 * j)), v32b), align=1)
+                    lo = b.or_(b.and_(Q, bytes_(0x0F)), b.shl(b.and_(b.lshr(H, bytes_(2 * j)), bytes_(1)), bytes_(4)))
+                    hi = b.or_(b.lshr(Q, bytes_(4)), b.shl(b.and_(b.lshr(H, bytes_(2 * j + 1)), bytes_(1)), bytes_(4)))
+                    ql = b.load(at(pq, b.add(qo, c64(64 * j)), v32b), align=1)
+                    qh = b.load(at(pq, b.add(qo, c64(64 * j + 32)), v32b), align=1)
+                    part = b.add(madd(lo, ql, _splat(b, b.trunc(sc[2 * j], i16), v16w)),
+                                 madd(hi, qh, _splat(b, b.trunc(sc[2 * j + 1], i16), v16w)))
+                    lanes = part if lanes is None else b.add(lanes, part)
+                tot = None
+                for j in range(8):
+                    t = b.mul(mn[j], b.load(b.gep(pbs, [b.add(b.mul(blk, c64(8)), c64(j))])))
+                    tot = t if tot is None else b.add(tot, t)
+                ydb = b.load(b.gep(pyd, [blk]))
+                dd = b.fmul(ydb, d)
+                dmn = b.fmul(b.fneg(ydb), dmin)
+                b.store(b.call(fma, [dmn, b.sitofp(tot, f32), b.load(summs)]), summs)
+                b.store(b.call(fma8, [_splat(b, dd, v8f), b.sitofp(lanes, v8f), b.load(acc)]), acc)
+            return b.fadd(_hsum8(b, b.load(acc)), b.load(summs))
+
+        return sig, codegen
+
+    return q5k_vec_dot_row
+
+
+q5k_vec_dot_row = _make_q5k_row()
 
 
 @jit
@@ -225,6 +313,17 @@ def q6k_vec_dot(w_raw, q, yd, bs, out):
         wr = w_raw[r]
         for t in range(q.shape[0]):
             out[t, r] = q6k_vec_dot_row(wr, q[t], yd[t], bs[t], nb)
+
+
+@jit
+def q5k_vec_dot(w_raw, q, yd, bs32, out):
+    """out [n_tok, n_out] = Q5_K rows (GGUF bytes, uint8 [n_out, nb*176]) x Q8_K tokens (n_tok < 8),
+    each output as ggml_vec_dot_q5_K_q8_K computes it."""
+    nb = q.shape[1] // 256
+    for r in range(w_raw.shape[0]):
+        wr = w_raw[r]
+        for t in range(q.shape[0]):
+            out[t, r] = q5k_vec_dot_row(wr, q[t], yd[t], bs32[t], nb)
 
 
 @jit

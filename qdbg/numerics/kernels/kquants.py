@@ -27,12 +27,13 @@ from gguf import GGMLQuantizationType as QT
 
 from qdbg.errors import QdbgError
 from qdbg.numerics.kernels import kq_unpack as U
-from qdbg.numerics.kernels.kq_fused import q4k_gemv, q6k_vec_dot
+from qdbg.numerics.kernels.kq_fused import q4k_gemv, q5k_vec_dot, q6k_vec_dot
 from qdbg.numerics.kernels.kq_matmul import REPACK, TILED, VEC_DOT, kq_matmul
 from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
 
 _CODE = {QT.Q2_K: U.Q2_K, QT.Q3_K: U.Q3_K, QT.Q4_K: U.Q4_K, QT.Q5_K: U.Q5_K, QT.Q6_K: U.Q6_K}
 TILED_MIN_BATCH = 8  # ggml_tiled_min_batch: rows >= 8
+_FUSED = {QT.Q5_K, QT.Q6_K}  # vec_dot types with a fused kernel (kq_fused); Q4_K's is the repacked gemv
 
 
 def kquant_path(qtype: QT, n_tok: int, repacked: bool) -> str:
@@ -67,12 +68,14 @@ def mul_mat_kquant(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray,
     if out.size == 0:
         return out
     q, d, bsums = quantize_q8_K_fast(x)
-    if repacked and x.shape[0] < 4:   # every token through the gemv: decode each block in place
-        bs32 = bsums.astype(np.int32).reshape(x.shape[0], -1, 2).sum(axis=-1, dtype=np.int32)
-        q4k_gemv(w, q, d, np.ascontiguousarray(bs32), out)
-        return out
-    if qtype == QT.Q6_K and x.shape[0] < TILED_MIN_BATCH:   # vec_dot: decode each block in place
-        q6k_vec_dot(w, q, d, bsums, out)
+    n_tok = x.shape[0]
+    if (repacked and n_tok < 4) or (not repacked and n_tok < TILED_MIN_BATCH and qtype in _FUSED):
+        # decode steps: every token through the gemv (repacked) or vec_dot, each block decoded in place
+        if qtype == QT.Q6_K:
+            q6k_vec_dot(w, q, d, bsums, out)
+        else:
+            bs32 = np.ascontiguousarray(bsums.astype(np.int32).reshape(n_tok, -1, 2).sum(axis=-1, dtype=np.int32))
+            (q4k_gemv if repacked else q5k_vec_dot)(w, q, d, bs32, out)
         return out
     path = {"repack": REPACK, "tiled": TILED, "vec_dot": VEC_DOT}[kquant_path(qtype, x.shape[0], repacked)]
     kq_matmul(w, np.int64(code), np.int64(path), np.ascontiguousarray(q),
