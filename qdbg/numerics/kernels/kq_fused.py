@@ -246,7 +246,7 @@ def _make_q5k_row(native: bool | None = None):
 
         def codegen(context, builder, signature, args):
             b = builder
-            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+            i8, i16, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(64)
             f32 = ir.FloatType()
             v32b, v16w, v8f = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(f32, 8)
             ptr, idx = ir_args(context, builder, signature, args)

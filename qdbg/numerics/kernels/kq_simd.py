@@ -152,8 +152,7 @@ def _make_madd(G: int, NT: int, native: bool | None = None):
 
         def codegen(context, builder, signature, args):
             i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            v32b, v16w, v8d = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
-
+            v32b, v8d = ir.VectorType(i8, 32), ir.VectorType(i32, 8)
             ptr, idx = ir_args(context, builder, signature, args)
 
             def c64(v):
