@@ -29,32 +29,32 @@ import models as bench_models  # noqa: E402
 PROMPT = [1, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300]
 
 
+def timed_steps(evaluate, steps: int) -> list[float]:
+    """Seconds of each of `steps` one-token calls of `evaluate` after the prompt."""
+    evaluate(PROMPT)
+    out = []
+    for i in range(steps):
+        t = time.perf_counter()
+        evaluate([1400 + i])
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def qdbg_steps(path: str, steps: int) -> list[float]:
     from qdbg.engine.forward import Engine
     from qdbg.model import Model
 
-    e = Engine(Model(path))
-    e.logits(PROMPT)
-    out = []
-    for i in range(steps):
-        t = time.perf_counter()
-        e.logits([1400 + i])
-        out.append(time.perf_counter() - t)
-    return out
+    return timed_steps(Engine(Model(path)).logits, steps)
 
 
 def llama_steps(path: str, steps: int) -> list[float]:
     from llama_cpp import Llama
 
     llm = Llama(model_path=path, n_ctx=512, verbose=False, n_threads=1, n_threads_batch=1)
-    llm.eval(PROMPT)
-    out = []
-    for i in range(steps):
-        t = time.perf_counter()
-        llm.eval([1400 + i])
-        out.append(time.perf_counter() - t)
-    llm.close()
-    return out
+    try:
+        return timed_steps(llm.eval, steps)
+    finally:
+        llm.close()
 
 
 def child(what: str, path: Path, steps: int, env: dict[str, str] | None = None) -> list[float]:
@@ -92,10 +92,7 @@ def main() -> int:
                      f"{min(qb) * 1e3:.0f} / {statistics.median(qb) * 1e3:.0f} ms | "
                      f"{min(ll) * 1e3:.0f} / {statistics.median(ll) * 1e3:.0f} ms | "
                      f"{statistics.median(q) / statistics.median(ll):.1f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    bench_models.emit(lines, args.out)
     return 0
 
 

@@ -30,6 +30,15 @@ PAIRS: dict[str, SynthSpec] = {
 FTYPES = ("Q4_K_M", "Q5_K_M")
 
 
+def emit(lines: list[str], out: str | None) -> None:
+    """Print a bench script's Markdown section, and write it to `out` if given (merged into
+    BENCHMARKS.md by hand)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)
+
+
 def precompile() -> None:
     """Byte-compile qdbg's sources (as `pip install` does), so that a measured `qdbg` process loads
     .pyc files instead of compiling every module, also where PYTHONDONTWRITEBYTECODE is set (it

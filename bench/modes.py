@@ -20,10 +20,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from qdbg.engine.forward import Engine  # noqa: E402
 from qdbg.model import Model  # noqa: E402
 from qdbg.synth import SynthSpec, write_gguf  # noqa: E402
+import models as bench_models  # noqa: E402
 
 SMOLLM2 = dict(arch="llama", n_embd=576, n_layer=30, n_head=9, n_head_kv=3, head_dim=64, n_ff=1536,
                n_vocab=49152)
@@ -56,10 +58,7 @@ def main() -> int:
              "| mode | first pass s | again s | vs ggml, first | vs ggml, again |", "|---|---|---|---|---|"]
     for mode, f, a in rows:
         lines.append(f"| {mode} | {f:.3f} | {a:.3f} | {base[0] / f:.2f}x | {base[1] / a:.2f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    bench_models.emit(lines, args.out)
     return 0
 
 

@@ -22,11 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from qdbg.scan import ScanConfig  # noqa: E402
 from qdbg.scan.prompts import PromptItem  # noqa: E402
 from qdbg.scan.runners import run_inline, run_processes  # noqa: E402
 from qdbg.synth import SynthSpec, write_family  # noqa: E402
+import models as bench_models  # noqa: E402
 
 SMOLLM2 = dict(arch="llama", n_embd=576, n_layer=30, n_head=9, n_head_kv=3, head_dim=64, n_ff=1536,
                n_vocab=49152, n_ctx=2048)
@@ -88,10 +90,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['workers']} | {r['prompts']} | {r['wall']:.1f} | {r['rate']:.2f} | "
                      f"{r['steady_rate']:.2f} | {r['flips']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    bench_models.emit(lines, args.out)
     return 0
 
 

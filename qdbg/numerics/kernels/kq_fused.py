@@ -36,274 +36,226 @@ from numba.core.extending import intrinsic
 from qdbg.numerics.kernels.kq_simd import madd_builder, native_avx2
 from qdbg.numerics.kernels.nb import ir_args, jit
 
-Q4_K_BLOCK = 144
+Q4_K_BLOCK, Q5_K_BLOCK, Q6_K_BLOCK = 144, 176, 210
+I8, I16, I32, I64, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+V32B, V16B, V16W, V8D, V16D, V8F = (ir.VectorType(I8, 32), ir.VectorType(I8, 16), ir.VectorType(I16, 16),
+                                    ir.VectorType(I32, 8), ir.VectorType(I32, 16), ir.VectorType(F32, 8))
 
 
-def _scale_min_k4(b, prow, off):
-    """get_scale_min_k4 of the 12 bytes at prow[off:], unrolled: ([8 scales], [8 mins]) as i32."""
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-
-    def c32(v):
-        return ir.Constant(i32, v)
-
-    sb = [b.zext(b.load(b.gep(prow, [b.add(off, ir.Constant(i64, k))])), i32) for k in range(12)]
-    sc, mn = [], []
-    for j in range(8):
-        if j < 4:
-            sc.append(b.and_(sb[j], c32(63)))
-            mn.append(b.and_(sb[j + 4], c32(63)))
-        else:
-            sc.append(b.or_(b.and_(sb[j + 4], c32(0xF)), b.shl(b.lshr(sb[j - 4], c32(6)), c32(4))))
-            mn.append(b.or_(b.lshr(sb[j + 4], c32(4)), b.shl(b.lshr(sb[j], c32(6)), c32(4))))
-    return sc, mn
+def c64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
 
 
-def _splat(b, x, vty):
-    """A vector of type vty with every lane x."""
-    i32 = ir.IntType(32)
-    v = b.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(i32, 0))
-    return b.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count))
+def c32(v: int) -> ir.Constant:
+    return ir.Constant(I32, v)
 
 
-def _hsum8(b, v):
-    """ggml's hsum_float_8: ((v4+v0)+(v6+v2))+((v5+v1)+(v7+v3)), each add in float32."""
-    def lane(k):
-        return b.extract_element(v, ir.Constant(ir.IntType(32), k))
+class _Row:
+    """One fused row kernel's codegen: its arguments (row bytes, q, yd, bsums, nb) and IR helpers."""
 
-    x = b.fadd(b.fadd(lane(4), lane(0)), b.fadd(lane(6), lane(2)))
-    y = b.fadd(b.fadd(lane(5), lane(1)), b.fadd(lane(7), lane(3)))
-    return b.fadd(x, y)
+    def __init__(self, context, builder, signature, args, native: bool) -> None:
+        self.b = builder
+        ptr, idx = ir_args(context, builder, signature, args)
+        self.row, self.q, self.yd, self.bs = ptr(0), ptr(1), ptr(2), ptr(3)
+        self.n_blocks = idx(4)
+        self.madd = madd_builder(builder, native)
+        self.fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(F32, [F32] * 3), "llvm.fma.f32")
+        self.fma8 = cgutils.get_or_insert_function(builder.module, ir.FunctionType(V8F, [V8F] * 3),
+                                                   "llvm.fma.v8f32")
+
+    def load(self, p, off, ty, align=1):
+        """A `ty` at element offset `off` of pointer `p`."""
+        return self.b.load(self.b.bitcast(self.b.gep(p, [off]), ty.as_pointer()), align=align)
+
+    def byte(self, off):
+        """row[off] as i32 (zero-extended)."""
+        return self.b.zext(self.b.load(self.b.gep(self.row, [off])), I32)
+
+    def f16(self, off):
+        """The F16 at row[off:off+2] as float32 (exact)."""
+        return self.b.fpext(self.b.bitcast(self.load(self.row, off, I16), ir.HalfType()), F32)
+
+    def scalar(self, p, i):
+        return self.b.load(self.b.gep(p, [i]))
+
+    def splat(self, x, vty):
+        """A vector of type vty with every lane x."""
+        v = self.b.insert_element(ir.Constant(vty, ir.Undefined), x, c32(0))
+        return self.b.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count))
+
+    def bytes_(self, v):
+        return ir.Constant(V32B, [v] * 32)
+
+    def scale_min_k4(self, off):
+        """get_scale_min_k4 of the 12 bytes at row[off:], unrolled: ([8 scales], [8 mins]) as i32."""
+        b = self.b
+        sb = [self.byte(b.add(off, c64(k))) for k in range(12)]
+        sc, mn = [], []
+        for j in range(8):
+            if j < 4:
+                sc.append(b.and_(sb[j], c32(63)))
+                mn.append(b.and_(sb[j + 4], c32(63)))
+            else:
+                sc.append(b.or_(b.and_(sb[j + 4], c32(0xF)), b.shl(b.lshr(sb[j - 4], c32(6)), c32(4))))
+                mn.append(b.or_(b.lshr(sb[j + 4], c32(4)), b.shl(b.lshr(sb[j], c32(6)), c32(4))))
+        return sc, mn
+
+    def mins_dot(self, mn, blk):
+        """sum over the 8 sub-blocks of min * the token's bsum per 32 (bs: int32 [nb*8])."""
+        b = self.b
+        tot = None
+        for j in range(8):
+            t = b.mul(mn[j], self.scalar(self.bs, b.add(b.mul(blk, c64(8)), c64(j))))
+            tot = t if tot is None else b.add(tot, t)
+        return tot
+
+    def hsum8(self, v):
+        """ggml's hsum_float_8: ((v4+v0)+(v6+v2))+((v5+v1)+(v7+v3)), each add in float32."""
+        b = self.b
+
+        def lane(k):
+            return b.extract_element(v, c32(k))
+
+        return b.fadd(b.fadd(b.fadd(lane(4), lane(0)), b.fadd(lane(6), lane(2))),
+                      b.fadd(b.fadd(lane(5), lane(1)), b.fadd(lane(7), lane(3))))
 
 
-def _make_q4k_row(native: bool | None = None):
+def _fused_row(block_loop, native: bool | None):
+    """An intrinsic float32 f(row, q, yd, bs, nb) whose codegen is `block_loop(_Row)`."""
     use_native = native_avx2() if native is None else native
 
     @intrinsic
-    def q4k_gemv_row(typingctx, row, q, yd, bs32, nb):
-        """float32: one row (uint8 [nb*144]) times one token (q int8 [nb*256], yd float32 [nb],
-        bs32 int32 [nb*8]: the bsums per 32 elements)."""
-        sig = types.float32(row, q, yd, bs32, nb)
-
-        def codegen(context, builder, signature, args):
-            b = builder
-            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            f32 = ir.FloatType()
-            v32b, v16w, v8d = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8)
-            ptr, idx = ir_args(context, builder, signature, args)
-            prow, pq, pyd, pbs = ptr(0), ptr(1), ptr(2), ptr(3)
-            n_blocks = idx(4)
-            madd = madd_builder(b, use_native)
-            fma = cgutils.get_or_insert_function(b.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
-            red8 = cgutils.get_or_insert_function(b.module, ir.FunctionType(i32, [v8d]),
-                                                  "llvm.vector.reduce.add.v8i32")
-
-            def c64(v):
-                return ir.Constant(i64, v)
-
-            def c32(v):
-                return ir.Constant(i32, v)
-
-            def at(p, off, ty):
-                return b.bitcast(b.gep(p, [off]), ty.as_pointer())
-
-            def f16(off):
-                h = b.load(at(prow, off, i16), align=1)
-                return b.fpext(b.bitcast(h, ir.HalfType()), f32)
-
-            def splat16(x):
-                return _splat(b, b.trunc(x, i16), v16w)
-
-            low = ir.Constant(v32b, [0x0F] * 32)
-            four = ir.Constant(v32b, [4] * 32)
-            acc = cgutils.alloca_once_value(b, ir.Constant(f32, 0.0))
-            accm = cgutils.alloca_once_value(b, ir.Constant(f32, 0.0))
-            with cgutils.for_range(b, n_blocks) as loop:
-                blk = loop.index
-                bo = b.mul(blk, c64(Q4_K_BLOCK))
-                d, dmin = f16(bo), f16(b.add(bo, c64(2)))
-                sc, mn = _scale_min_k4(b, prow, b.add(bo, c64(4)))
-                qo = b.mul(blk, c64(256))
-                tot = None
-                for i in range(4):                      # 32 bytes: sub-blocks 2i (low) and 2i+1 (high)
-                    vc = b.load(at(prow, b.add(bo, c64(16 + 32 * i)), v32b), align=1)
-                    lo = b.and_(vc, low)
-                    hi = b.and_(b.lshr(vc, four), low)
-                    ql = b.load(at(pq, b.add(qo, c64(64 * i)), v32b), align=1)
-                    qh = b.load(at(pq, b.add(qo, c64(64 * i + 32)), v32b), align=1)
-                    part = b.add(madd(lo, ql, splat16(sc[2 * i])), madd(hi, qh, splat16(sc[2 * i + 1])))
-                    tot = part if tot is None else b.add(tot, part)
-                s1 = b.call(red8, [tot])
-                s2 = None
-                for j in range(8):
-                    bsj = b.load(b.gep(pbs, [b.add(b.mul(blk, c64(8)), c64(j))]))
-                    t = b.mul(mn[j], bsj)
-                    s2 = t if s2 is None else b.add(s2, t)
-                ydb = b.load(b.gep(pyd, [blk]))
-                dd = b.fmul(d, ydb)
-                dm = b.fmul(dmin, ydb)
-                b.store(b.call(fma, [b.sitofp(s1, f32), dd, b.load(acc)]), acc)
-                b.store(b.call(fma, [b.sitofp(s2, f32), dm, b.load(accm)]), accm)
-            return b.fsub(b.load(acc), b.load(accm))
-
-        return sig, codegen
-
-    return q4k_gemv_row
-
-
-q4k_gemv_row = _make_q4k_row()
-
-Q6_K_BLOCK = 210
-
-
-def _make_q6k_row(native: bool | None = None):
-    use_native = native_avx2() if native is None else native
-
-    @intrinsic
-    def q6k_vec_dot_row(typingctx, row, q, yd, bs, nb):
-        """float32: one row (uint8 [nb*210]) times one token (q int8 [nb*256], yd float32 [nb],
-        bs int16 [nb*16]: the bsums per 16 elements)."""
+    def fused_row(typingctx, row, q, yd, bs, nb):
         sig = types.float32(row, q, yd, bs, nb)
 
         def codegen(context, builder, signature, args):
-            b = builder
-            i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            f32 = ir.FloatType()
-            v32b, v16w, v8d, v8f = (ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(i32, 8),
-                                    ir.VectorType(f32, 8))
-            v16b, v16d = ir.VectorType(i8, 16), ir.VectorType(i32, 16)
-            ptr, idx = ir_args(context, builder, signature, args)
-            prow, pq, pyd, pbs = ptr(0), ptr(1), ptr(2), ptr(3)
-            n_blocks = idx(4)
-            madd = madd_builder(b, use_native)
-            fma8 = cgutils.get_or_insert_function(b.module, ir.FunctionType(v8f, [v8f] * 3), "llvm.fma.v8f32")
-
-            def c64(v):
-                return ir.Constant(i64, v)
-
-            def at(p, off, ty):
-                return b.bitcast(b.gep(p, [off]), ty.as_pointer())
-
-            def bytes_(v):
-                return ir.Constant(v32b, [v] * 32)
-
-            spread = ir.Constant(ir.VectorType(i32, 16), [0] * 8 + [1] * 8)
-            ev = ir.Constant(v8d, [2 * k for k in range(8)])
-            od = ir.Constant(v8d, [2 * k + 1 for k in range(8)])
-            acc = cgutils.alloca_once_value(b, ir.Constant(v8f, [0.0] * 8))
-            with cgutils.for_range(b, n_blocks) as loop:
-                blk = loop.index
-                bo = b.mul(blk, c64(Q6_K_BLOCK))
-                qo = b.mul(blk, c64(256))
-                scb = b.load(at(prow, b.add(bo, c64(192)), v16b), align=1)     # int8 scales
-                sc32 = b.sext(scb, v16d)
-                lanes = None
-                for j in range(2):                                          # 128 elements each
-                    A = b.load(at(prow, b.add(bo, c64(64 * j)), v32b), align=1)
-                    C = b.load(at(prow, b.add(bo, c64(64 * j + 32)), v32b), align=1)
-                    H = b.load(at(prow, b.add(bo, c64(128 + 32 * j)), v32b), align=1)
-                    lo4 = bytes_(0x0F)
-                    three = bytes_(3)
-                    codes = [
-                        b.or_(b.and_(A, lo4), b.shl(b.and_(H, three), bytes_(4))),
-                        b.or_(b.and_(C, lo4), b.shl(b.and_(b.lshr(H, bytes_(2)), three), bytes_(4))),
-                        b.or_(b.lshr(A, bytes_(4)), b.shl(b.and_(b.lshr(H, bytes_(4)), three), bytes_(4))),
-                        b.or_(b.lshr(C, bytes_(4)), b.shl(b.lshr(H, bytes_(6)), bytes_(4))),
-                    ]
-                    for i, vc in enumerate(codes):                          # chunk g = 4j + i
-                        g = 4 * j + i
-                        two = b.shuffle_vector(sc32, sc32, ir.Constant(ir.VectorType(i32, 2), [2 * g, 2 * g + 1]))
-                        vs = b.trunc(b.shuffle_vector(two, two, spread), v16w)
-                        vq = b.load(at(pq, b.add(qo, c64(32 * g)), v32b), align=1)
-                        part = madd(vc, vq, vs)
-                        lanes = part if lanes is None else b.add(lanes, part)
-                bsv = b.sext(b.load(at(pbs, b.mul(blk, c64(16)), v16w), align=2), v16d)
-                prod = b.mul(sc32, bsv)
-                corr = b.add(b.shuffle_vector(prod, prod, ev), b.shuffle_vector(prod, prod, od))
-                lk = b.sub(lanes, b.mul(corr, ir.Constant(v8d, [32] * 8)))
-                d = b.fpext(b.bitcast(b.load(at(prow, b.add(bo, c64(208)), i16), align=1), ir.HalfType()), f32)
-                dd = b.fmul(b.load(b.gep(pyd, [blk])), d)
-                b.store(b.call(fma8, [_splat(b, dd, v8f), b.sitofp(lk, v8f), b.load(acc)]), acc)
-            return _hsum8(b, b.load(acc))
+            return block_loop(_Row(context, builder, signature, args, use_native))
 
         return sig, codegen
 
-    return q6k_vec_dot_row
+    return fused_row
 
 
-q6k_vec_dot_row = _make_q6k_row()
+def _q4k_gemv(g: _Row):
+    """Q4_K, ggml_gemv_q4_K_8x8_q8_K's order (bs: the token's bsums per 32, int32 [nb*8])."""
+    b = g.b
+    acc = cgutils.alloca_once_value(b, ir.Constant(F32, 0.0))
+    accm = cgutils.alloca_once_value(b, ir.Constant(F32, 0.0))
+    with cgutils.for_range(b, g.n_blocks) as loop:
+        blk = loop.index
+        bo = b.mul(blk, c64(Q4_K_BLOCK))
+        qo = b.mul(blk, c64(256))
+        d, dmin = g.f16(bo), g.f16(b.add(bo, c64(2)))
+        sc, mn = g.scale_min_k4(b.add(bo, c64(4)))
+        tot = None
+        for i in range(4):                      # 32 bytes: sub-blocks 2i (low nibbles) and 2i+1 (high)
+            vc = g.load(g.row, b.add(bo, c64(16 + 32 * i)), V32B)
+            lo = b.and_(vc, g.bytes_(0x0F))
+            hi = b.and_(b.lshr(vc, g.bytes_(4)), g.bytes_(0x0F))
+            ql = g.load(g.q, b.add(qo, c64(64 * i)), V32B)
+            qh = g.load(g.q, b.add(qo, c64(64 * i + 32)), V32B)
+            part = b.add(g.madd(lo, ql, g.splat(b.trunc(sc[2 * i], I16), V16W)),
+                         g.madd(hi, qh, g.splat(b.trunc(sc[2 * i + 1], I16), V16W)))
+            tot = part if tot is None else b.add(tot, part)
+        s1 = b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(I32, [V8D]),
+                                                   "llvm.vector.reduce.add.v8i32"), [tot])
+        s2 = g.mins_dot(mn, blk)
+        ydb = g.scalar(g.yd, blk)
+        b.store(b.call(g.fma, [b.sitofp(s1, F32), b.fmul(d, ydb), b.load(acc)]), acc)
+        b.store(b.call(g.fma, [b.sitofp(s2, F32), b.fmul(dmin, ydb), b.load(accm)]), accm)
+    return b.fsub(b.load(acc), b.load(accm))
 
-Q5_K_BLOCK = 176
+
+def _q5k_vec_dot(g: _Row):
+    """Q5_K, ggml_vec_dot_q5_K_q8_K's order (bs: the token's bsums per 32, int32 [nb*8])."""
+    b = g.b
+    acc = cgutils.alloca_once_value(b, ir.Constant(V8F, [0.0] * 8))
+    summs = cgutils.alloca_once_value(b, ir.Constant(F32, 0.0))
+    with cgutils.for_range(b, g.n_blocks) as loop:
+        blk = loop.index
+        bo = b.mul(blk, c64(Q5_K_BLOCK))
+        qo = b.mul(blk, c64(256))
+        d, dmin = g.f16(bo), g.f16(b.add(bo, c64(2)))
+        sc, mn = g.scale_min_k4(b.add(bo, c64(4)))
+        H = g.load(g.row, b.add(bo, c64(16)), V32B)
+        lanes = None
+        for j in range(4):                      # 32 bytes of qs: sub-blocks 2j (low), 2j+1 (high)
+            Q = g.load(g.row, b.add(bo, c64(48 + 32 * j)), V32B)
+            lo = b.or_(b.and_(Q, g.bytes_(0x0F)),
+                       b.shl(b.and_(b.lshr(H, g.bytes_(2 * j)), g.bytes_(1)), g.bytes_(4)))
+            hi = b.or_(b.lshr(Q, g.bytes_(4)),
+                       b.shl(b.and_(b.lshr(H, g.bytes_(2 * j + 1)), g.bytes_(1)), g.bytes_(4)))
+            ql = g.load(g.q, b.add(qo, c64(64 * j)), V32B)
+            qh = g.load(g.q, b.add(qo, c64(64 * j + 32)), V32B)
+            part = b.add(g.madd(lo, ql, g.splat(b.trunc(sc[2 * j], I16), V16W)),
+                         g.madd(hi, qh, g.splat(b.trunc(sc[2 * j + 1], I16), V16W)))
+            lanes = part if lanes is None else b.add(lanes, part)
+        tot = g.mins_dot(mn, blk)
+        ydb = g.scalar(g.yd, blk)
+        dd = b.fmul(ydb, d)
+        dmn = b.fmul(b.fneg(ydb), dmin)
+        b.store(b.call(g.fma, [dmn, b.sitofp(tot, F32), b.load(summs)]), summs)
+        b.store(b.call(g.fma8, [g.splat(dd, V8F), b.sitofp(lanes, V8F), b.load(acc)]), acc)
+    return b.fadd(g.hsum8(b.load(acc)), b.load(summs))
+
+
+def _q6k_vec_dot(g: _Row):
+    """Q6_K, ggml_vec_dot_q6_K_q8_K's order (bs: the token's bsums per 16, int16 [nb*16])."""
+    b = g.b
+    spread = ir.Constant(ir.VectorType(I32, 16), [0] * 8 + [1] * 8)
+    ev = ir.Constant(V8D, [2 * k for k in range(8)])
+    od = ir.Constant(V8D, [2 * k + 1 for k in range(8)])
+    acc = cgutils.alloca_once_value(b, ir.Constant(V8F, [0.0] * 8))
+    with cgutils.for_range(b, g.n_blocks) as loop:
+        blk = loop.index
+        bo = b.mul(blk, c64(Q6_K_BLOCK))
+        qo = b.mul(blk, c64(256))
+        sc32 = b.sext(g.load(g.row, b.add(bo, c64(192)), V16B), V16D)     # int8 scales
+        lanes = None
+        for j in range(2):                                          # 128 elements each
+            A = g.load(g.row, b.add(bo, c64(64 * j)), V32B)
+            C = g.load(g.row, b.add(bo, c64(64 * j + 32)), V32B)
+            H = g.load(g.row, b.add(bo, c64(128 + 32 * j)), V32B)
+            lo4, three, four = g.bytes_(0x0F), g.bytes_(3), g.bytes_(4)
+            codes = [
+                b.or_(b.and_(A, lo4), b.shl(b.and_(H, three), four)),
+                b.or_(b.and_(C, lo4), b.shl(b.and_(b.lshr(H, g.bytes_(2)), three), four)),
+                b.or_(b.lshr(A, four), b.shl(b.and_(b.lshr(H, four), three), four)),
+                b.or_(b.lshr(C, four), b.shl(b.lshr(H, g.bytes_(6)), four)),
+            ]
+            for i, vc in enumerate(codes):                          # chunk k = 4j + i of 32
+                k = 4 * j + i
+                two = b.shuffle_vector(sc32, sc32, ir.Constant(ir.VectorType(I32, 2), [2 * k, 2 * k + 1]))
+                vs = b.trunc(b.shuffle_vector(two, two, spread), V16W)
+                part = g.madd(vc, g.load(g.q, b.add(qo, c64(32 * k)), V32B), vs)
+                lanes = part if lanes is None else b.add(lanes, part)
+        bsv = b.sext(g.load(g.bs, b.mul(blk, c64(16)), V16W, align=2), V16D)
+        prod = b.mul(sc32, bsv)
+        corr = b.add(b.shuffle_vector(prod, prod, ev), b.shuffle_vector(prod, prod, od))
+        lk = b.sub(lanes, b.mul(corr, ir.Constant(V8D, [32] * 8)))
+        dd = b.fmul(g.scalar(g.yd, blk), g.f16(b.add(bo, c64(208))))
+        b.store(b.call(g.fma8, [g.splat(dd, V8F), b.sitofp(lk, V8F), b.load(acc)]), acc)
+    return g.hsum8(b.load(acc))
+
+
+def _make_q4k_row(native: bool | None = None):
+    return _fused_row(_q4k_gemv, native)
 
 
 def _make_q5k_row(native: bool | None = None):
-    use_native = native_avx2() if native is None else native
-
-    @intrinsic
-    def q5k_vec_dot_row(typingctx, row, q, yd, bs32, nb):
-        """float32: one row (uint8 [nb*176]) times one token (q int8 [nb*256], yd float32 [nb],
-        bs32 int32 [nb*8]: the bsums per 32 elements)."""
-        sig = types.float32(row, q, yd, bs32, nb)
-
-        def codegen(context, builder, signature, args):
-            b = builder
-            i8, i16, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(64)
-            f32 = ir.FloatType()
-            v32b, v16w, v8f = ir.VectorType(i8, 32), ir.VectorType(i16, 16), ir.VectorType(f32, 8)
-            ptr, idx = ir_args(context, builder, signature, args)
-            prow, pq, pyd, pbs = ptr(0), ptr(1), ptr(2), ptr(3)
-            n_blocks = idx(4)
-            madd = madd_builder(b, use_native)
-            fma = cgutils.get_or_insert_function(b.module, ir.FunctionType(f32, [f32] * 3), "llvm.fma.f32")
-            fma8 = cgutils.get_or_insert_function(b.module, ir.FunctionType(v8f, [v8f] * 3), "llvm.fma.v8f32")
-
-            def c64(v):
-                return ir.Constant(i64, v)
-
-            def at(p, off, ty):
-                return b.bitcast(b.gep(p, [off]), ty.as_pointer())
-
-            def bytes_(v):
-                return ir.Constant(v32b, [v] * 32)
-
-            acc = cgutils.alloca_once_value(b, ir.Constant(v8f, [0.0] * 8))
-            summs = cgutils.alloca_once_value(b, ir.Constant(f32, 0.0))
-            with cgutils.for_range(b, n_blocks) as loop:
-                blk = loop.index
-                bo = b.mul(blk, c64(Q5_K_BLOCK))
-                qo = b.mul(blk, c64(256))
-                d = b.fpext(b.bitcast(b.load(at(prow, bo, i16), align=1), ir.HalfType()), f32)
-                dmin = b.fpext(b.bitcast(b.load(at(prow, b.add(bo, c64(2)), i16), align=1), ir.HalfType()), f32)
-                sc, mn = _scale_min_k4(b, prow, b.add(bo, c64(4)))
-                H = b.load(at(prow, b.add(bo, c64(16)), v32b), align=1)
-                lanes = None
-                for j in range(4):                      # 32 bytes of qs: sub-blocks 2j (low), 2j+1 (high)
-                    Q = b.load(at(prow, b.add(bo, c64(48 + 32 * j)), v32b), align=1)
-                    lo = b.or_(b.and_(Q, bytes_(0x0F)), b.shl(b.and_(b.lshr(H, bytes_(2 * j)), bytes_(1)), bytes_(4)))
-                    hi = b.or_(b.lshr(Q, bytes_(4)), b.shl(b.and_(b.lshr(H, bytes_(2 * j + 1)), bytes_(1)), bytes_(4)))
-                    ql = b.load(at(pq, b.add(qo, c64(64 * j)), v32b), align=1)
-                    qh = b.load(at(pq, b.add(qo, c64(64 * j + 32)), v32b), align=1)
-                    part = b.add(madd(lo, ql, _splat(b, b.trunc(sc[2 * j], i16), v16w)),
-                                 madd(hi, qh, _splat(b, b.trunc(sc[2 * j + 1], i16), v16w)))
-                    lanes = part if lanes is None else b.add(lanes, part)
-                tot = None
-                for j in range(8):
-                    t = b.mul(mn[j], b.load(b.gep(pbs, [b.add(b.mul(blk, c64(8)), c64(j))])))
-                    tot = t if tot is None else b.add(tot, t)
-                ydb = b.load(b.gep(pyd, [blk]))
-                dd = b.fmul(ydb, d)
-                dmn = b.fmul(b.fneg(ydb), dmin)
-                b.store(b.call(fma, [dmn, b.sitofp(tot, f32), b.load(summs)]), summs)
-                b.store(b.call(fma8, [_splat(b, dd, v8f), b.sitofp(lanes, v8f), b.load(acc)]), acc)
-            return b.fadd(_hsum8(b, b.load(acc)), b.load(summs))
-
-        return sig, codegen
-
-    return q5k_vec_dot_row
+    return _fused_row(_q5k_vec_dot, native)
 
 
-q5k_vec_dot_row = _make_q5k_row()
+def _make_q6k_row(native: bool | None = None):
+    return _fused_row(_q6k_vec_dot, native)
 
 
+q4k_gemv_row, q5k_vec_dot_row, q6k_vec_dot_row = _make_q4k_row(), _make_q5k_row(), _make_q6k_row()
+
+
+# One driver per kernel: the bsums' type differs (Q6_K's int16 per 16, the others' int32 per 32),
+# and IR for one type does not type-check with the other, so one driver cannot branch over all three.
 @jit
 def q6k_vec_dot(w_raw, q, yd, bs, out):
     """out [n_tok, n_out] = Q6_K rows (GGUF bytes, uint8 [n_out, nb*210]) x Q8_K tokens (n_tok < 8),
