@@ -136,6 +136,33 @@ def test_fidelity_golden_matmuls_bit_equal(stem: str, tmp_path: Path) -> None:
     assert {n for _, n in seen} == {1, 7} and len(seen) == 4, seen
 
 
+def test_q8_0_and_q8_1_kernels_match_the_numpy_reference() -> None:
+    """The legacy matmuls' numba quantize_row_q8_0/q8_1 give the reference's (cpu variant) bits."""
+    from qdbg.numerics.kernels.q8k import quantize_q8_32_fast
+    from qdbg.quant.activations import quantize_q8_0, quantize_q8_1
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((14, 576)) * 3).astype(np.float32)
+    x[0, :32] = 0.0
+    x[1, 32:64] = -0.0
+    x[2, 5], x[3, 300], x[4, 100] = np.nan, np.inf, -np.inf
+    x[5, :32] = 1e-40                                   # subnormal block
+    x[6, 10], x[6, 11] = 1e38, -1e38
+    x[7, 64:96] = 0.5
+    x[8, :32] = rng.integers(-3, 4, 32)
+    x[9, 96:128] = np.nan
+    x[10, :32] = 1e-45
+    x[11, :32] = 127.5 * np.arange(32) / 31                 # halves: rint rounds them to even
+    x[12] = rng.standard_normal(576).astype(np.float32) * 1e5
+    q0, d0 = quantize_q8_0(x)
+    q, d, _ = quantize_q8_32_fast(x, with_sum=False)
+    assert np.array_equal(q0.astype(np.int16), q) and d0.astype(np.float32).tobytes() == d.tobytes()
+    q1, d1, s1 = quantize_q8_1(x)
+    q, d, s = quantize_q8_32_fast(x, with_sum=True)
+    assert np.array_equal(q1.astype(np.int16), q) and d1.astype(np.float32).tobytes() == d.tobytes()
+    assert s1.astype(np.float32).tobytes() == s.tobytes()
+
+
 def test_q8_K_kernel_matches_the_numpy_reference() -> None:
     """The matmuls' numba quantize_row_q8_K gives the reference's bits, special values included."""
     from qdbg.numerics.kernels.q8k import quantize_q8_K_fast

@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType as QT
 from qdbg.errors import QdbgError
 from qdbg.numerics.kernels.lg_simd import lg_decode_4, lg_decode_5, lg_decode_8, lg_dot_1, lg_dot_4
 from qdbg.numerics.kernels.nb import f16_bits_to_f32, fma32, jit
-from qdbg.quant.activations import quantize_q8_0, quantize_q8_1
+from qdbg.numerics.kernels.q8k import quantize_q8_32_fast
 
 # type -> (kernel code, bytes per 32-value block)
 # Q4_0: 18 B (d:2, qs:16)          v = nibble - 8; low nibbles are values 0..15, high 16..31
@@ -123,13 +123,8 @@ def mul_mat_legacy(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray, repac
                         "(only Q4_0 with n_out % 8 == 0)")
     w = np.ascontiguousarray(w).view()
     w.flags.writeable = False          # one numba specialization for GGUF memmaps and copies alike
-    if code in (1, 3):
-        aq, ad, asum = quantize_q8_1(xa)
-    else:
-        aq, ad = quantize_q8_0(xa)
-        asum = ad  # unused
+    aq, ad, asum = quantize_q8_32_fast(xa, with_sum=code in (1, 3))   # Q8_1 for Q4_1/Q5_1, else Q8_0
     out = np.empty((xa.shape[0], w.shape[0]), np.float32)
     if xa.shape[0] and w.shape[0]:
-        _mm_legacy(w, code, n_in, np.ascontiguousarray(aq, np.int16), np.ascontiguousarray(ad, np.float32),
-                   np.ascontiguousarray(asum, np.float32), bool(repacked), out)
+        _mm_legacy(w, code, n_in, aq, ad, asum, bool(repacked), out)
     return out
