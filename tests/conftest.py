@@ -29,3 +29,25 @@ def synth_model(tmp_path_factory):
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def abr_trace(synth_model):
+    """`abr_trace(n_decode)` -> snapshot of a llama A/B/R session (Q4_K_M, Q5_K_M, F16) over a
+    6-token prompt and `n_decode` tokens decoded by A (built once per count)."""
+    from qdbg.session import open_session
+    from qdbg.trace import snapshot
+
+    built: dict[int, object] = {}
+
+    def make(n_decode: int):
+        if n_decode not in built:
+            s = open_session({"A": str(synth_model("llama", "Q4_K_M")), "B": str(synth_model("llama", "Q5_K_M")),
+                              "R": str(synth_model("llama", "F16"))}, [1, 17, 42, 99, 300, 7])
+            s.run_to_end()
+            s.decode(n_decode, "a")
+            s.run_to_end()
+            built[n_decode] = snapshot(s)
+        return built[n_decode]
+
+    return make

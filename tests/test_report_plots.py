@@ -13,20 +13,11 @@ import pytest
 import qdbg.report.plots as qplots
 from qdbg.cli import main
 from qdbg.report import render_report, write_report
-from qdbg.session import open_session
-from qdbg.trace import snapshot
-
-TOKENS = [1, 17, 42, 99, 300, 7]
 
 
 @pytest.fixture(scope="module")
-def trace(synth_model):
-    s = open_session({"A": str(synth_model("llama", "Q4_K_M")), "B": str(synth_model("llama", "Q5_K_M")),
-                      "R": str(synth_model("llama", "F16"))}, TOKENS)
-    s.run_to_end()
-    s.decode(1, "a")
-    s.run_to_end()
-    return snapshot(s)
+def trace(abr_trace):
+    return abr_trace(1)
 
 
 def check_png(data: bytes) -> tuple[int, int]:

@@ -9,20 +9,11 @@ import pytest
 
 from qdbg.findings import Findings
 from qdbg.report import render_report
-from qdbg.session import open_session
-from qdbg.trace import snapshot
-
-TOKENS = [1, 17, 42, 99, 300, 7]
 
 
 @pytest.fixture(scope="module")
-def trace(synth_model):
-    s = open_session({"A": str(synth_model("llama", "Q4_K_M")), "B": str(synth_model("llama", "Q5_K_M")),
-                      "R": str(synth_model("llama", "F16"))}, TOKENS)
-    s.run_to_end()
-    s.decode(2, "a")
-    s.run_to_end()
-    return snapshot(s)
+def trace(abr_trace):
+    return abr_trace(2)
 
 
 def _summary(text: str) -> str:
