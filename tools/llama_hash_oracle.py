@@ -28,7 +28,7 @@ import numpy as np
 import llama_cpp as L
 
 from llama_oracle import GGML_MAX_DIMS, GGML_TENSOR_FLAG_INPUT, GgmlTensor, _base, check_layout, \
-    load_model, type_name
+    load_model, new_context, type_name
 
 _VIEW_OPS = {"VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"}
 _DTYPES = {0: np.float32, 1: np.float16, 24: np.int8, 25: np.int16, 26: np.int32, 27: np.int64,
@@ -202,10 +202,7 @@ def run(model_path: str, prompt: Sequence[int], n_decode: int, s: Settings, cb: 
                           else L.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     if cb:
         cp.cb_eval, cp.cb_eval_user_data = rec.cfunc, None
-    ctx = L.llama_init_from_model(model, cp)
-    if not ctx:
-        L.llama_model_free(model)
-        raise RuntimeError(f"llama.cpp could not create a context for {model_path}")
+    ctx = new_context(model, cp, model_path)
     try:
         n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
         tokens, rows = list(prompt), []

@@ -313,6 +313,15 @@ def load_model(model_path: str, verbose: bool = False) -> Any:
     return model
 
 
+def new_context(model: Any, cp: Any, model_path: str) -> Any:
+    """llama_init_from_model(model, cp); on failure the model is freed and RuntimeError raised."""
+    ctx = L.llama_init_from_model(model, cp)
+    if not ctx:
+        L.llama_model_free(model)
+        raise RuntimeError(f"llama.cpp could not create a context for {model_path}")
+    return ctx
+
+
 def quantize(src: str, dst: str, ftype: str, nthread: int = 1, verbose: bool = False,
              pure: bool = False) -> None:
     """Quantize GGUF `src` into `dst` with llama.cpp's own llama_model_quantize (default params;
@@ -378,10 +387,7 @@ def record(model_path: str, prompt: Sequence[int], n_decode: int = 3,
     cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
     cp.cb_eval = rec.cfunc
     cp.cb_eval_user_data = None
-    ctx = L.llama_init_from_model(model, cp)
-    if not ctx:
-        L.llama_model_free(model)
-        raise RuntimeError(f"llama.cpp could not create a context for {model_path}")
+    ctx = new_context(model, cp, model_path)
     try:
         n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
         tokens, steps, logits = list(prompt), [], []
