@@ -18,6 +18,12 @@ The codes are the low and high nibbles of each 32 bytes (sub-blocks 2i and 2i+1)
 with the u8 x s8 byte madd (kq_simd.madd_builder; integers, exact in any order); the scales and
 mins are get_scale_min_k4 of the 12 bytes, unrolled.
 
+Q5_K vec_dot: per block (176 bytes: d, dmin, 12 bytes of scales and mins, qh[32], qs[128]), the
+codes are the nibbles of qs with bit 2j (low) or 2j+1 (high) of qh as their fifth bit; the 8
+integer lanes (as Q6_K's below) give acc = fma(yd*d, f(lane), acc) lane by lane, the mins one
+scalar chain summs = fma(-yd*dmin, f(sum of min * bsum per 32), summs); the result is the 8-lane
+horizontal sum plus summs.
+
 Q6_K vec_dot: per block (210 bytes: ql[128], qh[64], int8 scales[16], d as F16), the codes of
 each 128 elements come from 64 bytes of ql and 32 of qh (low/high nibbles, 2-bit pairs of qh);
 the 8 integer lanes of the AVX2 kernel (lane k: elements with (e % 32) // 4 == k, over the block)

@@ -7,16 +7,15 @@ code dotted in int32, the same integers), and the
 activation as Q8_K (q int8 [n_tok, n_in], d float32 [n_tok, nb], bsums int16 [n_tok, nb*16]).
 Integer sums are exact; only the float steps per 256-element block differ:
 
-vec_dot  ggml_vec_dot_qN_K_q8_K (arch/x86/quants.c, __AVX2__), used for n_tok < 8.
-         Integer lane k (of 8) holds the elements with (e % 32) // 4 == k. Per block
-         dd = yd*xd, dmn = -yd*xdmin (f32 products), then per lane
+vec_dot  ggml_vec_dot_qN_K_q8_K (arch/x86/quants.c, __AVX2__), used for n_tok < 8 (Q5_K and
+         Q6_K there go to the fused kernels of kq_fused, same order). Integer lane k (of 8) holds
+         the elements with (e % 32) // 4 == k. Per block dd = yd*xd, dmn = -yd*xdmin (f32
+         products), then per lane
            Q2_K  acc = fma(dmn, f(mn[2k]*bs[2k] + mn[2k+1]*bs[2k+1]), acc); acc = fma(dd, f(L), acc)
            Q3_K  acc = fma(dd, f(L), acc)
            Q4_K  accm[k<4] = fma(dmn, f(mn[2k]*S[2k] + mn[2k+1]*S[2k+1]), accm)  (S = per-32 bsums)
                  acc = fma(dd, f(L), acc)
-           Q5_K  summs = fma(dmn, f(sum mn*S), summs) (scalar); acc = fma(dd, f(L), acc)
-           Q6_K  acc = fma(dd, f(L - 32*(sc[2k]*bs[2k] + sc[2k+1]*bs[2k+1])), acc)
-         result hsum8(acc) (+ ((m0+m2)+(m1+m3)) for Q4_K, + summs for Q5_K).
+         result hsum8(acc) (+ ((m0+m2)+(m1+m3)) for Q4_K).
 tiled    ggml_compute_forward_mul_mat_tiled (tiled/tiled-kernel.cpp, AVX2 microtile), n_tok >= 8.
          Per output and block: r = xd*f(s1); r = fma(-xdmin, f(s2), r) (types with mins);
          y = fma(r, yd, y), y starting at 0; s1 = sum w*q (Q6_K: minus 32*sum sc*bs), s2 = sum mn*bs.
@@ -61,12 +60,12 @@ def _dot(w16, q, o, n):
 
 
 @jit
-def _vec_dot(qt, sc, mn, xd, xdm, yd, bs, nb, c, acc, accm):
-    """c: the token's sums of 4 (kq_simd, G = 4), c[b*64 + j] over elements 4j..4j+3 of block b."""
+def _vec_dot(qt, mn, xd, xdm, yd, bs, nb, c, acc, accm):
+    """Q2_K, Q3_K, Q4_K (unrepacked); c: the token's sums of 4 (kq_simd, G = 4), c[b*64 + j] over
+    elements 4j..4j+3 of block b."""
     for k in range(8):
         acc[k] = F32(0.0)
         accm[k] = F32(0.0)
-    summs = F32(0.0)
     for b in range(nb):
         dd = yd[b] * xd[b]
         dmn = -yd[b] * xdm[b]
@@ -75,28 +74,20 @@ def _vec_dot(qt, sc, mn, xd, xdm, yd, bs, nb, c, acc, accm):
             for k in range(8):
                 pr = mn[b, 2 * k] * np.int32(bs[bo + 2 * k]) + mn[b, 2 * k + 1] * np.int32(bs[bo + 2 * k + 1])
                 acc[k] = fma32(dmn, F32(pr), acc[k])
-        elif qt == Q4_K or qt == Q5_K:
-            tot = 0
+        elif qt == Q4_K:
             for k in range(4):
                 s0 = np.int32(bs[bo + 4 * k]) + np.int32(bs[bo + 4 * k + 1])
                 s1 = np.int32(bs[bo + 4 * k + 2]) + np.int32(bs[bo + 4 * k + 3])
                 pr = mn[b, 2 * k] * s0 + mn[b, 2 * k + 1] * s1
                 accm[k] = fma32(dmn, F32(pr), accm[k])
-                tot += pr
-            if qt == Q5_K:
-                summs = fma32(dmn, F32(tot), summs)
         for k in range(8):
             lk = np.int32(0)
             for g in range(8):
                 lk = _i32(lk + c[b * 64 + 8 * g + k])
-            if qt == Q6_K:
-                lk = lk - 32 * (sc[b, 2 * k] * np.int32(bs[bo + 2 * k]) + sc[b, 2 * k + 1] * np.int32(bs[bo + 2 * k + 1]))
             acc[k] = fma32(dd, F32(lk), acc[k])
     r = hsum8(acc)
     if qt == Q4_K:
         r = r + ((accm[0] + accm[2]) + (accm[1] + accm[3]))
-    elif qt == Q5_K:
-        r = r + summs
     return r
 
 
@@ -208,7 +199,7 @@ def kq_matmul(w_raw, qt, path, q, yd, bs, out):
             t += 4 if four else 1
         if path == VEC_DOT:
             for t in range(n_tok):
-                out[t, r] = _vec_dot(qt, sc, mn, xd, xdm, yd[t], bs[t], nb, sums[t * ng:(t + 1) * ng], acc, accm)
+                out[t, r] = _vec_dot(qt, mn, xd, xdm, yd[t], bs[t], nb, sums[t * ng:(t + 1) * ng], acc, accm)
             continue
         for j in range(nb * 16):
             coef[j] = 32 * scf[j] if qt == Q6_K else mnf[j]
