@@ -306,7 +306,7 @@ class LiveSource:
             self._cross_runner = cross
             self._runners = {lab: lockstep.Runner(g, lab, on_result=cross.publish if cross and lab == "B" else None)
                              for lab, g in self._gens.items()}
-        self._env_b: dict[str, np.ndarray] = {}  # B's values of this pass, for A's op on B's inputs
+        self._env_b: dict[str, np.ndarray] = {}  # B's values of a sequential pass, for A's op on B's inputs
         self._shadow_gen = None if self.shadow is None else self.shadow.forward(tokens)
         self._shadow_vals: dict[str, np.ndarray] = {}
 
@@ -408,9 +408,10 @@ class LiveSource:
             cross = early[1] if early is not None and early[0] == a.name else self._cross(a, b)
             if cross is not None:
                 rec.aux[AUX_CROSS] = cross
-        self._env_b[b.name] = b.value
-        for n in self._free_after.get(b.name, ()):
-            self._env_b.pop(n, None)
+        if self.attribution and self._cross_runner is None:   # (a concurrent pass's cross runner keeps its own)
+            self._env_b[b.name] = b.value
+            for n in self._free_after.get(b.name, ()):
+                self._env_b.pop(n, None)
         if self.shadow is not None:
             sv = self._shadow_value(a.name)
             if sv is not None:
