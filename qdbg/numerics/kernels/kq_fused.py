@@ -108,11 +108,14 @@ class _Row:
         return sc, mn
 
     def mins_dot(self, mn, blk):
-        """sum over the 8 sub-blocks of min * the token's bsum per 32 (bs: int32 [nb*8])."""
+        """sum over the 8 sub-blocks of min * the token's bsum per 32 (the two bsums per 16 of
+        the quantized activation, int16 [nb*16], added)."""
         b = self.b
         tot = None
         for j in range(8):
-            t = b.mul(mn[j], self.scalar(self.bs, b.add(b.mul(blk, c64(8)), c64(j))))
+            at = b.add(b.mul(blk, c64(16)), c64(2 * j))
+            s32 = b.add(b.sext(self.scalar(self.bs, at), I32), b.sext(self.scalar(self.bs, b.add(at, c64(1))), I32))
+            t = b.mul(mn[j], s32)
             tot = t if tot is None else b.add(tot, t)
         return tot
 
@@ -144,7 +147,7 @@ def _fused_row(block_loop, native: bool | None):
 
 
 def _q4k_gemv(g: _Row):
-    """Q4_K, ggml_gemv_q4_K_8x8_q8_K's order (bs: the token's bsums per 32, int32 [nb*8])."""
+    """Q4_K, ggml_gemv_q4_K_8x8_q8_K's order."""
     b = g.b
     acc = cgutils.alloca_once_value(b, ir.Constant(F32, 0.0))
     accm = cgutils.alloca_once_value(b, ir.Constant(F32, 0.0))
@@ -174,7 +177,7 @@ def _q4k_gemv(g: _Row):
 
 
 def _q5k_vec_dot(g: _Row):
-    """Q5_K, ggml_vec_dot_q5_K_q8_K's order (bs: the token's bsums per 32, int32 [nb*8])."""
+    """Q5_K, ggml_vec_dot_q5_K_q8_K's order."""
     b = g.b
     acc = cgutils.alloca_once_value(b, ir.Constant(V8F, [0.0] * 8))
     summs = cgutils.alloca_once_value(b, ir.Constant(F32, 0.0))
@@ -207,7 +210,7 @@ def _q5k_vec_dot(g: _Row):
 
 
 def _q6k_vec_dot(g: _Row):
-    """Q6_K, ggml_vec_dot_q6_K_q8_K's order (bs: the token's bsums per 16, int16 [nb*16])."""
+    """Q6_K, ggml_vec_dot_q6_K_q8_K's order."""
     b = g.b
     spread = ir.Constant(ir.VectorType(I32, 16), [0] * 8 + [1] * 8)
     ev = ir.Constant(V8D, [2 * k for k in range(8)])
@@ -260,36 +263,22 @@ def _make_q6k_row(native: bool | None = None):
 q4k_gemv_row, q5k_vec_dot_row, q6k_vec_dot_row = _make_q4k_row(), _make_q5k_row(), _make_q6k_row()
 
 
-# One driver per kernel: the bsums' type differs (Q6_K's int16 per 16, the others' int32 per 32),
-# and IR for one type does not type-check with the other, so one driver cannot branch over all three.
+GEMV_Q4_K, VEC_DOT_Q5_K, VEC_DOT_Q6_K = 0, 1, 2
+
+
 @jit
-def q6k_vec_dot(w_raw, q, yd, bs, out):
-    """out [n_tok, n_out] = Q6_K rows (GGUF bytes, uint8 [n_out, nb*210]) x Q8_K tokens (n_tok < 8),
-    each output as ggml_vec_dot_q6_K_q8_K computes it."""
+def fused_matmul(kind, w_raw, q, yd, bs, out):
+    """out [n_tok, n_out] = K-quant rows (GGUF bytes, uint8 [n_out, row bytes]) x Q8_K tokens
+    (q int8, yd float32, bs the int16 bsums per 16, as quantized), each output by the fused row
+    kernel `kind`: GEMV_Q4_K (repacked Q4_K, fewer than 4 tokens), VEC_DOT_Q5_K or VEC_DOT_Q6_K
+    (fewer than 8 tokens), as ggml's gemv / vec_dot computes it."""
     nb = q.shape[1] // 256
     for r in range(w_raw.shape[0]):
         wr = w_raw[r]
         for t in range(q.shape[0]):
-            out[t, r] = q6k_vec_dot_row(wr, q[t], yd[t], bs[t], nb)
-
-
-@jit
-def q5k_vec_dot(w_raw, q, yd, bs32, out):
-    """out [n_tok, n_out] = Q5_K rows (GGUF bytes, uint8 [n_out, nb*176]) x Q8_K tokens (n_tok < 8),
-    each output as ggml_vec_dot_q5_K_q8_K computes it."""
-    nb = q.shape[1] // 256
-    for r in range(w_raw.shape[0]):
-        wr = w_raw[r]
-        for t in range(q.shape[0]):
-            out[t, r] = q5k_vec_dot_row(wr, q[t], yd[t], bs32[t], nb)
-
-
-@jit
-def q4k_gemv(w_raw, q, yd, bs32, out):
-    """out [n_tok, n_out] = Q4_K rows (GGUF bytes, uint8 [n_out, nb*144]) x Q8_K tokens, each token
-    as ggml_gemv_q4_K_8x8_q8_K computes it."""
-    nb = q.shape[1] // 256
-    for r in range(w_raw.shape[0]):
-        wr = w_raw[r]
-        for t in range(q.shape[0]):
-            out[t, r] = q4k_gemv_row(wr, q[t], yd[t], bs32[t], nb)
+            if kind == GEMV_Q4_K:
+                out[t, r] = q4k_gemv_row(wr, q[t], yd[t], bs[t], nb)
+            elif kind == VEC_DOT_Q5_K:
+                out[t, r] = q5k_vec_dot_row(wr, q[t], yd[t], bs[t], nb)
+            else:
+                out[t, r] = q6k_vec_dot_row(wr, q[t], yd[t], bs[t], nb)

@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType as QT
 
 from qdbg.errors import QdbgError
 from qdbg.numerics.kernels import kq_unpack as U
-from qdbg.numerics.kernels.kq_fused import q4k_gemv, q5k_vec_dot, q6k_vec_dot
+from qdbg.numerics.kernels.kq_fused import GEMV_Q4_K, VEC_DOT_Q5_K, VEC_DOT_Q6_K, fused_matmul
 from qdbg.numerics.kernels.kq_matmul import REPACK, TILED, VEC_DOT, kq_matmul
 from qdbg.numerics.kernels.q8k import quantize_q8_K_fast
 
@@ -71,11 +71,8 @@ def mul_mat_kquant(w_raw: np.ndarray, qtype: QT, n_in: int, x: np.ndarray,
     n_tok = x.shape[0]
     if (repacked and n_tok < 4) or (not repacked and n_tok < TILED_MIN_BATCH and qtype in _FUSED):
         # decode steps: every token through the gemv (repacked) or vec_dot, each block decoded in place
-        if qtype == QT.Q6_K:
-            q6k_vec_dot(w, q, d, bsums, out)
-        else:
-            bs32 = np.ascontiguousarray(bsums.astype(np.int32).reshape(n_tok, -1, 2).sum(axis=-1, dtype=np.int32))
-            (q4k_gemv if repacked else q5k_vec_dot)(w, q, d, bs32, out)
+        kind = GEMV_Q4_K if repacked else VEC_DOT_Q5_K if qtype == QT.Q5_K else VEC_DOT_Q6_K
+        fused_matmul(np.int64(kind), w, q, d, bsums, out)
         return out
     path = {"repack": REPACK, "tiled": TILED, "vec_dot": VEC_DOT}[kquant_path(qtype, x.shape[0], repacked)]
     kq_matmul(w, np.int64(code), np.int64(path), np.ascontiguousarray(q),
